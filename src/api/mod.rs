@@ -1,0 +1,369 @@
+//! The one HTTP driver for Iterable: base URL per data centre, `Api-Key` auth, the shared
+//! export rate limiter, retries with exponential backoff and jitter (honouring
+//! `Retry-After`), and typed errors that name the URL but never the key. Endpoint families
+//! only build requests and parse responses.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use url::Url;
+
+/// An Iterable API key. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Option<Self> {
+        let key = key.into().trim().to_string();
+        (!key.is_empty()).then_some(ApiKey(key))
+    }
+
+    /// The key itself, for the request header only.
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(redacted)")
+    }
+}
+
+/// Iterable's data centres. A key works only in the centre its project lives in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    Us,
+    Eu,
+}
+
+impl Region {
+    pub fn base_url(self) -> &'static str {
+        match self {
+            Region::Us => "https://api.iterable.com/api/",
+            Region::Eu => "https://api.eu.iterable.com/api/",
+        }
+    }
+}
+
+/// Endpoint families that share a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `export/data.json` and `export/data.csv`: 4 requests per minute per project.
+    Export,
+    /// Generous endpoints with no shared limiter.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 8,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub base_url: Url,
+    pub key: ApiKey,
+    pub export_requests_per_minute: u32,
+    pub retry: RetryPolicy,
+    pub connect_timeout: Duration,
+    /// The longest wait for the next bytes of a response.
+    pub read_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(base_url: Url, key: ApiKey) -> Self {
+        ClientConfig {
+            base_url,
+            key,
+            export_requests_per_minute: 4,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "the API key was rejected by {url} (401 {code}): check the key, and that --region \
+         matches the project's data centre (a key works only in its own)"
+    )]
+    Unauthorized { url: String, code: String },
+    #[error("{url} answered {status} {code}: {msg} (after {attempts} attempts)")]
+    Status {
+        url: String,
+        status: u16,
+        code: String,
+        msg: String,
+        attempts: u32,
+    },
+    #[error("{url}: {source} (after {attempts} attempts)")]
+    Transport {
+        url: String,
+        source: reqwest::Error,
+        attempts: u32,
+    },
+    #[error("building the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("bad URL {path:?} under {base}: {source}")]
+    Url {
+        base: String,
+        path: String,
+        source: url::ParseError,
+    },
+}
+
+impl ApiError {
+    /// Whether the error is a timeout or a dropped connection, which a smaller window may avoid.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ApiError::Transport { source, .. } if source.is_timeout())
+    }
+}
+
+/// Counters of one client, for the run report.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub backoff_ms: AtomicU64,
+}
+
+/// Iterable's error body.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    msg: String,
+}
+
+/// The shared HTTP driver. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    key: ApiKey,
+    export_limiter: Arc<DefaultDirectRateLimiter>,
+    retry: RetryPolicy,
+    pub stats: Arc<ApiStats>,
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .user_agent(concat!("iterable-lake/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ApiError::Client)?;
+        let per_minute = NonZeroU32::new(cfg.export_requests_per_minute.max(1)).expect("max(1)");
+        let quota = Quota::per_minute(per_minute).allow_burst(NonZeroU32::MIN);
+        let mut base = cfg.base_url;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(ApiClient {
+            http,
+            base,
+            key: cfg.key,
+            export_limiter: Arc::new(RateLimiter::direct(quota)),
+            retry: cfg.retry,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str, query: &[(&str, String)]) -> Result<Url, ApiError> {
+        let mut url = self.base.join(path).map_err(|source| ApiError::Url {
+            base: self.base.to_string(),
+            path: path.to_string(),
+            source,
+        })?;
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (k, v.as_str())));
+        }
+        Ok(url)
+    }
+
+    /// GET `path` (relative to the base URL) and return the response once its status is a
+    /// success, retrying 429, 5xx and connection failures. The body is left to the caller to
+    /// stream.
+    pub async fn get(
+        &self,
+        family: Family,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = self.url(path, query)?;
+        let shown = display_url(&url);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if family == Family::Export {
+                self.export_limiter.until_ready().await;
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = self
+                .http
+                .get(url.clone())
+                .header("Api-Key", self.key.expose())
+                .send()
+                .await;
+            let retry_after = match sent {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = retry_after(&resp);
+                    let body: ErrorBody = resp
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
+                    if status == StatusCode::UNAUTHORIZED {
+                        return Err(ApiError::Unauthorized {
+                            url: shown,
+                            code: body.code,
+                        });
+                    }
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !retryable || attempt > self.retry.max_retries {
+                        return Err(ApiError::Status {
+                            url: shown,
+                            status: status.as_u16(),
+                            code: body.code,
+                            msg: body.msg,
+                            attempts: attempt,
+                        });
+                    }
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(url = %shown, status = status.as_u16(), code = %body.code, attempt, "retrying");
+                    retry_after
+                }
+                Err(source) => {
+                    if attempt > self.retry.max_retries {
+                        return Err(ApiError::Transport {
+                            url: shown,
+                            source: source.without_url(),
+                            attempts: attempt,
+                        });
+                    }
+                    tracing::debug!(url = %shown, error = %source.without_url(), attempt, "retrying");
+                    None
+                }
+            };
+            let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .backoff_ms
+                .fetch_add(delay.as_millis() as u64, Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Exponential backoff with full jitter in [delay/2, delay].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16).saturating_sub(1))
+            .min(self.retry.max_delay);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        exp.mul_f64(jitter)
+    }
+}
+
+/// The URL for messages: without the scheme's user info (the key is never in a URL).
+fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(900)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_never_shows_in_debug() {
+        let key = ApiKey::new("secret-key-123").unwrap();
+        let cfg = ClientConfig::new(Url::parse("http://127.0.0.1:1/api").unwrap(), key);
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("secret-key-123"), "{text}");
+        let client = ApiClient::new(cfg).unwrap();
+        assert!(!format!("{client:?}").contains("secret"));
+        assert_eq!(client.base_url().as_str(), "http://127.0.0.1:1/api/");
+        assert!(ApiKey::new("  ").is_none());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let key = ApiKey::new("k").unwrap();
+        let mut cfg = ClientConfig::new(Url::parse("http://127.0.0.1:1/api/").unwrap(), key);
+        cfg.retry = RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        let c = ApiClient::new(cfg).unwrap();
+        let d1 = c.backoff(1);
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+        let d3 = c.backoff(3);
+        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+        assert!(c.backoff(30) <= Duration::from_millis(1000));
+    }
+}

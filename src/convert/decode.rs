@@ -1,0 +1,884 @@
+//! NDJSON lines → Arrow `RecordBatch`, driven by the stream's schema.
+//!
+//! Each line is visited once with serde (keys borrowed, values kept as raw JSON text), routed
+//! to the declared column it names (dotted keys such as `itblInternal.emailDomain` reach the
+//! struct field), converted with lossless coercions only, and appended to that column's
+//! builder. What the schema does not declare, and what does not fit, is written verbatim into
+//! `_extra` as a JSON object, so nothing the API sent is lost. A line that is not a JSON object
+//! becomes a row whose `_extra` holds it under `_malformed_line`, and is counted.
+//!
+//! A [`Decoder`] is built once per stream and window; `decode` is pure and may run on many
+//! threads at once, one chunk each.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListArray, StringBuilder, StructArray,
+    TimestampMicrosecondBuilder,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, FieldRef, Fields};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use rustc_hash::FxHashMap;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::schema::{Column, Kind, StreamSchema, UTC};
+use super::timestamp::{from_epoch_millis, parse_instant};
+
+/// The key under which a line that is not a JSON object is kept in `_extra`.
+pub const MALFORMED_LINE: &str = "_malformed_line";
+
+/// Largest magnitude an f64 holds every integer of (2^53).
+const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
+
+/// A decoded chunk of lines.
+#[derive(Debug)]
+pub struct Decoded {
+    pub batch: RecordBatch,
+    /// Lines that were not JSON objects (kept in `_extra`).
+    pub malformed: usize,
+}
+
+/// Turns lines of one stream into record batches.
+#[derive(Debug)]
+pub struct Decoder {
+    schema: Arc<StreamSchema>,
+    /// Flattened column tree: node ids index `nodes`, top-level columns first.
+    nodes: Vec<Node>,
+    top: Vec<usize>,
+    /// Top-level names, and dotted `parent.child` names of struct fields, to node ids.
+    lookup: FxHashMap<String, usize>,
+    extracted_at: i64,
+    /// Mixed into `_event_id` so equal payloads of different types differ.
+    identity_salt: String,
+}
+
+#[derive(Debug)]
+struct Node {
+    path: String,
+    kind: Kind,
+    /// For structs: child name → node id, and the Arrow fields.
+    children: FxHashMap<String, usize>,
+    child_order: Vec<usize>,
+    fields: Option<Fields>,
+    list_field: Option<FieldRef>,
+}
+
+impl Decoder {
+    /// `extracted_at` (µs since the epoch) fills `_extracted_at`; `identity_salt` (the data
+    /// type) is part of every `_event_id`.
+    pub fn new(schema: Arc<StreamSchema>, extracted_at: i64, identity_salt: &str) -> Self {
+        let mut nodes = Vec::new();
+        let mut lookup = FxHashMap::default();
+        let top = schema
+            .columns
+            .iter()
+            .map(|c| add_node(&mut nodes, &mut lookup, c, ""))
+            .collect();
+        Decoder {
+            schema,
+            nodes,
+            top,
+            lookup,
+            extracted_at,
+            identity_salt: identity_salt.to_string(),
+        }
+    }
+
+    pub fn schema(&self) -> &Arc<StreamSchema> {
+        &self.schema
+    }
+
+    /// Decode a chunk of complete newline-separated lines. Blank lines are skipped.
+    pub fn decode(&self, chunk: &[u8]) -> Result<Decoded, ArrowError> {
+        let rows_hint = memchr_count(chunk) + 1;
+        let mut b = Builders::new(&self.nodes, rows_hint);
+        let mut extra = StringBuilder::with_capacity(rows_hint, 0);
+        let mut event_id = StringBuilder::with_capacity(rows_hint, rows_hint * 32);
+        let mut row = Row::new(self.nodes.len());
+        let mut malformed = 0;
+        let mut rows = 0;
+        for line in chunk.split(|&c| c == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            rows += 1;
+            row.clear();
+            let parsed = self.visit_line(line, &mut row);
+            if parsed.is_err() {
+                malformed += 1;
+                row.clear();
+                let text = String::from_utf8_lossy(line);
+                row.extra_owned
+                    .push((MALFORMED_LINE.to_string(), json_string(&text)));
+            }
+            for &id in &self.top {
+                self.append(id, &mut row, &mut b);
+            }
+            match row.render_extra() {
+                Some(json) => extra.append_value(json),
+                None => extra.append_null(),
+            }
+            if self.schema.with_event_id {
+                event_id.append_value(self.identity(line, &mut row, parsed.is_ok()));
+            }
+        }
+        let mut columns: Vec<ArrayRef> = self
+            .top
+            .iter()
+            .map(|&id| b.finish(id, &self.nodes))
+            .collect();
+        columns.push(Arc::new(extra.finish()));
+        let mut at = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC);
+        at.append_value_n(self.extracted_at, rows);
+        columns.push(Arc::new(at.finish()));
+        if self.schema.with_event_id {
+            columns.push(Arc::new(event_id.finish()));
+        }
+        let batch = RecordBatch::try_new(self.schema.arrow.clone(), columns)?;
+        Ok(Decoded { batch, malformed })
+    }
+
+    fn visit_line<'a>(&self, line: &'a [u8], row: &mut Row<'a>) -> Result<(), serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(line);
+        ObjectSeed {
+            decoder: self,
+            scope: Scope::Top,
+            row,
+        }
+        .deserialize(&mut de)?;
+        de.end()
+    }
+
+    /// Route one key/value pair into a slot, or into `_extra`.
+    fn route<'a>(&self, scope: Scope, key: Cow<'a, str>, raw: &'a RawValue, row: &mut Row<'a>) {
+        if let Scope::Top = scope {
+            row.identity.push((key.clone(), raw));
+        }
+        let id = match scope {
+            Scope::Top => self.lookup.get(key.as_ref()),
+            Scope::Struct(parent) => self.nodes[parent].children.get(key.as_ref()),
+        };
+        let Some(&id) = id else {
+            row.extra_at(scope, self, key, raw);
+            return;
+        };
+        if row.slots[id].is_some() {
+            row.extra_at(scope, self, key, raw);
+            return;
+        }
+        if matches!(self.nodes[id].kind, Kind::Struct(_)) && raw.get() != "null" {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            let seed = ObjectSeed {
+                decoder: self,
+                scope: Scope::Struct(id),
+                row,
+            };
+            if seed.deserialize(&mut de).is_err() {
+                row.extra_at(scope, self, key, raw);
+                return;
+            }
+        }
+        row.slots[id] = Some(raw);
+        row.present[id] = true;
+    }
+
+    fn append(&self, id: usize, row: &mut Row<'_>, b: &mut Builders) {
+        let node = &self.nodes[id];
+        let raw = row.slots[id].filter(|r| r.get() != "null");
+        if let Kind::Struct(_) = node.kind {
+            let any_child = node.child_order.iter().any(|&c| row.present[c]);
+            b.nulls[id].push(raw.is_some() || any_child);
+            for &c in &node.child_order {
+                self.append(c, row, b);
+            }
+            return;
+        }
+        let fits = match raw {
+            None => b.append_null(id, &node.kind),
+            Some(raw) => b.append(id, &node.kind, raw),
+        };
+        if !fits {
+            b.append_null(id, &node.kind);
+            if let Some(raw) = raw {
+                row.extra_owned
+                    .push((node.path.clone(), raw.get().to_string()));
+            }
+        }
+    }
+
+    /// A stable hash of the event: its data type and every top-level field but Iterable's
+    /// internal bookkeeping (`itblInternal…`), order-independent.
+    fn identity(&self, line: &[u8], row: &mut Row<'_>, parsed: bool) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(self.identity_salt.as_bytes());
+        h.update(&[0]);
+        if parsed {
+            row.identity.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (k, v) in &row.identity {
+                if k.starts_with("itblInternal") {
+                    continue;
+                }
+                h.update(k.as_bytes());
+                h.update(&[0]);
+                h.update(v.get().as_bytes());
+                h.update(&[0]);
+            }
+        } else {
+            h.update(line);
+        }
+        format!("{:032x}", h.digest128())
+    }
+}
+
+fn add_node(
+    nodes: &mut Vec<Node>,
+    lookup: &mut FxHashMap<String, usize>,
+    c: &Column,
+    prefix: &str,
+) -> usize {
+    let id = nodes.len();
+    let path = format!("{prefix}{}", c.name);
+    nodes.push(Node {
+        path: path.clone(),
+        kind: c.kind.clone(),
+        children: FxHashMap::default(),
+        child_order: Vec::new(),
+        fields: None,
+        list_field: None,
+    });
+    if prefix.is_empty() || prefix.matches('.').count() == 1 {
+        lookup.insert(path.clone(), id);
+    }
+    match &c.kind {
+        Kind::Struct(children) => {
+            let mut order = Vec::new();
+            let mut by_name = FxHashMap::default();
+            for child in children {
+                let cid = add_node(nodes, lookup, child, &format!("{path}."));
+                by_name.insert(child.name.clone(), cid);
+                order.push(cid);
+            }
+            let DataType::Struct(fields) = struct_type(children) else {
+                unreachable!("struct_type builds a struct")
+            };
+            let node = &mut nodes[id];
+            node.children = by_name;
+            node.child_order = order;
+            node.fields = Some(fields);
+        }
+        Kind::List(item) => {
+            let DataType::List(field) = list_type(item) else {
+                unreachable!("list_type builds a list")
+            };
+            nodes[id].list_field = Some(field);
+        }
+        _ => {}
+    }
+    id
+}
+
+fn struct_type(children: &[Column]) -> DataType {
+    let schema = StreamSchema::from_columns(
+        vec![Column {
+            name: "s".into(),
+            kind: Kind::Struct(children.to_vec()),
+            description: None,
+        }],
+        false,
+    );
+    schema.arrow.field(0).data_type().clone()
+}
+
+fn list_type(item: &Kind) -> DataType {
+    let schema = StreamSchema::from_columns(
+        vec![Column {
+            name: "l".into(),
+            kind: Kind::List(Box::new(item.clone())),
+            description: None,
+        }],
+        false,
+    );
+    schema.arrow.field(0).data_type().clone()
+}
+
+fn memchr_count(b: &[u8]) -> usize {
+    b.iter().filter(|&&c| c == b'\n').count()
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+#[derive(Clone, Copy)]
+enum Scope {
+    Top,
+    Struct(usize),
+}
+
+/// Per-row scratch space, reused across rows.
+struct Row<'a> {
+    slots: Vec<Option<&'a RawValue>>,
+    present: Vec<bool>,
+    extra: Vec<(String, &'a RawValue)>,
+    extra_owned: Vec<(String, String)>,
+    identity: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Row<'a> {
+    fn new(n: usize) -> Self {
+        Row {
+            slots: vec![None; n],
+            present: vec![false; n],
+            extra: Vec::new(),
+            extra_owned: Vec::new(),
+            identity: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.fill(None);
+        self.present.fill(false);
+        self.extra.clear();
+        self.extra_owned.clear();
+        self.identity.clear();
+    }
+
+    fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a RawValue) {
+        let path = match scope {
+            Scope::Top => key.into_owned(),
+            Scope::Struct(parent) => format!("{}.{key}", d.nodes[parent].path),
+        };
+        self.extra.push((path, raw));
+    }
+
+    fn render_extra(&self) -> Option<String> {
+        if self.extra.is_empty() && self.extra_owned.is_empty() {
+            return None;
+        }
+        let mut out = String::from("{");
+        let pairs = self.extra.iter().map(|(k, v)| (k.as_str(), v.get())).chain(
+            self.extra_owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        for (i, (k, v)) in pairs.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&json_string(k));
+            out.push(':');
+            out.push_str(v);
+        }
+        out.push('}');
+        Some(out)
+    }
+}
+
+/// Visits one JSON object, routing its entries into a [`Row`].
+struct ObjectSeed<'d, 'r, 'a> {
+    decoder: &'d Decoder,
+    scope: Scope,
+    row: &'r mut Row<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            let raw: &'de RawValue = map.next_value()?;
+            self.decoder.route(self.scope, key, raw, self.row);
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the line unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A scalar read from raw JSON text with lossless coercion.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Null,
+}
+
+/// The text of a JSON string value, unescaped; `None` when `raw` is not a string.
+fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+fn is_json_number(raw: &str) -> bool {
+    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+}
+
+/// An integer from a JSON number, or from a string holding one in canonical form.
+fn int_of(raw: &str) -> Option<i64> {
+    if is_json_number(raw) {
+        if let Ok(v) = raw.parse::<i64>() {
+            return Some(v);
+        }
+        let f: f64 = raw.parse().ok()?;
+        return (f.fract() == 0.0 && f.abs() < EXACT_F64_INT).then_some(f as i64);
+    }
+    let s = string_of(raw)?;
+    let v: i64 = s.parse().ok()?;
+    (v.to_string() == s).then_some(v)
+}
+
+/// Decimal digits that carry value in a number's text (15 always round-trip through f64).
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let trimmed = digits.trim_start_matches('0');
+    let trimmed = if mantissa.contains('.') {
+        trimmed.trim_end_matches('0')
+    } else {
+        trimmed
+    };
+    trimmed.len()
+}
+
+fn float_of(raw: &str) -> Option<f64> {
+    let text: Cow<'_, str> = if is_json_number(raw) {
+        Cow::Borrowed(raw)
+    } else {
+        string_of(raw)?
+    };
+    let f: f64 = text.trim().parse().ok()?;
+    (f.is_finite() && significant_digits(&text) <= 15).then_some(f)
+}
+
+fn bool_of(raw: &str) -> Option<bool> {
+    match raw {
+        "true" | "\"true\"" => Some(true),
+        "false" | "\"false\"" => Some(false),
+        _ => None,
+    }
+}
+
+fn timestamp_of(raw: &str) -> Option<i64> {
+    if is_json_number(raw) {
+        let ms = int_of(raw)?;
+        return from_epoch_millis(ms);
+    }
+    parse_instant(&string_of(raw)?)
+}
+
+fn scalar_of<'a>(kind: &Kind, raw: &'a str) -> Option<Scalar<'a>> {
+    if raw == "null" {
+        return Some(Scalar::Null);
+    }
+    match kind {
+        Kind::Utf8 => string_of(raw).map(Scalar::Str),
+        Kind::Int64 => int_of(raw).map(Scalar::Int),
+        Kind::Float64 => float_of(raw).map(Scalar::Float),
+        Kind::Boolean => bool_of(raw).map(Scalar::Bool),
+        Kind::Timestamp => timestamp_of(raw).map(Scalar::Int),
+        Kind::Json => Some(Scalar::Str(Cow::Borrowed(raw))),
+        Kind::List(_) | Kind::Struct(_) => None,
+    }
+}
+
+enum Builder {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    List {
+        item: Box<Builder>,
+        offsets: Vec<i32>,
+    },
+    Struct,
+}
+
+impl Builder {
+    fn for_kind(kind: &Kind, rows: usize) -> Builder {
+        match kind {
+            Kind::Utf8 | Kind::Json => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 8)),
+            Kind::Int64 => Builder::Int64(Int64Builder::with_capacity(rows)),
+            Kind::Float64 => Builder::Float64(Float64Builder::with_capacity(rows)),
+            Kind::Boolean => Builder::Boolean(BooleanBuilder::with_capacity(rows)),
+            Kind::Timestamp => Builder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC),
+            ),
+            Kind::List(item) => Builder::List {
+                item: Box::new(Builder::for_kind(item, rows)),
+                offsets: vec![0],
+            },
+            Kind::Struct(_) => Builder::Struct,
+        }
+    }
+
+    fn push(&mut self, v: Scalar<'_>) {
+        match (self, v) {
+            (Builder::Utf8(b), Scalar::Str(s)) => b.append_value(s),
+            (Builder::Int64(b), Scalar::Int(v)) => b.append_value(v),
+            (Builder::Timestamp(b), Scalar::Int(v)) => b.append_value(v),
+            (Builder::Float64(b), Scalar::Float(v)) => b.append_value(v),
+            (Builder::Boolean(b), Scalar::Bool(v)) => b.append_value(v),
+            (b, _) => b.push_null(),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            Builder::Utf8(b) => b.append_null(),
+            Builder::Int64(b) => b.append_null(),
+            Builder::Timestamp(b) => b.append_null(),
+            Builder::Float64(b) => b.append_null(),
+            Builder::Boolean(b) => b.append_null(),
+            Builder::List { item: _, offsets } => {
+                let last = *offsets.last().expect("offsets start at 0");
+                offsets.push(last);
+            }
+            Builder::Struct => {}
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Utf8(b) => Arc::new(b.finish()),
+            Builder::Int64(b) => Arc::new(b.finish()),
+            Builder::Timestamp(b) => Arc::new(b.finish()),
+            Builder::Float64(b) => Arc::new(b.finish()),
+            Builder::Boolean(b) => Arc::new(b.finish()),
+            Builder::List { .. } | Builder::Struct => unreachable!("finished by Builders"),
+        }
+    }
+}
+
+/// One builder per column node, plus validity for list and struct nodes.
+struct Builders {
+    cols: Vec<Builder>,
+    nulls: Vec<Vec<bool>>,
+}
+
+impl Builders {
+    fn new(nodes: &[Node], rows: usize) -> Self {
+        Builders {
+            cols: nodes
+                .iter()
+                .map(|n| Builder::for_kind(&n.kind, rows))
+                .collect(),
+            nulls: nodes.iter().map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Append `raw` to column `id`; false when it does not fit (nothing appended).
+    fn append(&mut self, id: usize, kind: &Kind, raw: &RawValue) -> bool {
+        if let Kind::List(item_kind) = kind {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+                return false;
+            };
+            let Some(values) = items
+                .iter()
+                .map(|r| scalar_of(item_kind, r.get()))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return false;
+            };
+            let Builder::List { item, offsets } = &mut self.cols[id] else {
+                unreachable!("list kind has a list builder")
+            };
+            let n = values.len() as i32;
+            for v in values {
+                item.push(v);
+            }
+            let last = *offsets.last().expect("offsets start at 0");
+            offsets.push(last + n);
+            self.nulls[id].push(true);
+            return true;
+        }
+        match scalar_of(kind, raw.get()) {
+            Some(v) => {
+                self.cols[id].push(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn append_null(&mut self, id: usize, kind: &Kind) -> bool {
+        self.cols[id].push_null();
+        if let Kind::List(_) = kind {
+            self.nulls[id].push(false);
+        }
+        true
+    }
+
+    fn finish(&mut self, id: usize, nodes: &[Node]) -> ArrayRef {
+        let node = &nodes[id];
+        let nulls = std::mem::take(&mut self.nulls[id]);
+        match &mut self.cols[id] {
+            Builder::List { item, offsets } => {
+                let values = item.finish();
+                let offsets = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
+                let field = node.list_field.clone().expect("list nodes have a field");
+                Arc::new(ListArray::new(
+                    field,
+                    offsets,
+                    values,
+                    Some(NullBuffer::from(nulls)),
+                ))
+            }
+            Builder::Struct => {
+                let children: Vec<ArrayRef> = node
+                    .child_order
+                    .iter()
+                    .map(|&c| self.finish(c, nodes))
+                    .collect();
+                let fields = node.fields.clone().expect("struct nodes have fields");
+                Arc::new(StructArray::new(
+                    fields,
+                    children,
+                    Some(NullBuffer::from(nulls)),
+                ))
+            }
+            b => b.finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+
+    const SCHEMA: &str = r#"{"properties": {
+        "createdAt": {"type": ["string", "null"], "format": "date-time"},
+        "email": {"type": ["string", "null"]},
+        "campaignId": {"type": ["integer", "null"]},
+        "total": {"type": ["number", "null"]},
+        "ok": {"type": ["boolean", "null"]},
+        "ids": {"type": ["array", "null"], "items": {"type": "integer"}},
+        "dataFields": {"type": ["object", "null"]},
+        "itblInternal": {"type": ["object", "null"], "properties": {
+            "emailDomain": {"type": ["string", "null"]},
+            "documentCreatedAt": {"type": ["string", "null"], "format": "date-time"}}}
+    }}"#;
+
+    fn decode(lines: &str) -> Decoded {
+        let schema = Arc::new(StreamSchema::parse("t", SCHEMA, true).unwrap());
+        Decoder::new(schema, 7, "emailSend")
+            .decode(lines.as_bytes())
+            .unwrap()
+    }
+
+    fn extra(d: &Decoded, row: usize) -> Option<serde_json::Value> {
+        let col = d.batch.column_by_name("_extra").unwrap().as_string::<i32>();
+        col.is_valid(row)
+            .then(|| serde_json::from_str(col.value(row)).unwrap())
+    }
+
+    fn ids(d: &Decoded) -> Vec<String> {
+        let col = d
+            .batch
+            .column_by_name("_event_id")
+            .unwrap()
+            .as_string::<i32>();
+        col.iter().map(|v| v.unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn typed_columns_and_lossless_coercions() {
+        let d = decode(concat!(
+            r#"{"createdAt":"2024-01-02 03:04:05 +00:00","email":"a@b.c","campaignId":"42","total":"72.89","ok":"true","ids":[1,2],"dataFields":{"x":[1,{}]}}"#,
+            "\n",
+            r#"{"createdAt":1704164645000,"campaignId":7.0,"total":3,"ids":[]}"#,
+            "\r\n\n",
+        ));
+        let b = &d.batch;
+        assert_eq!(b.num_rows(), 2);
+        let ts = b
+            .column_by_name("createdAt")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(ts.value(0), 1_704_164_645_000_000);
+        assert_eq!(ts.value(1), 1_704_164_645_000_000);
+        let c = b
+            .column_by_name("campaignId")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!((c.value(0), c.value(1)), (42, 7));
+        let t = b
+            .column_by_name("total")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        assert_eq!((t.value(0), t.value(1)), (72.89, 3.0));
+        assert!(b.column_by_name("ok").unwrap().as_boolean().value(0));
+        let l = b.column_by_name("ids").unwrap().as_list::<i32>();
+        assert_eq!(
+            l.value(0).as_primitive::<Int64Type>().values().to_vec(),
+            [1, 2]
+        );
+        assert_eq!(l.value(1).len(), 0);
+        assert!(l.is_valid(1));
+        let j = b.column_by_name("dataFields").unwrap().as_string::<i32>();
+        assert_eq!(j.value(0), r#"{"x":[1,{}]}"#);
+        assert!(j.is_null(1));
+        assert_eq!(extra(&d, 0), None);
+        assert_eq!(extra(&d, 1), None);
+        let at = b
+            .column_by_name("_extracted_at")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(at.values().to_vec(), [7, 7]);
+    }
+
+    #[test]
+    fn misfits_and_undeclared_fields_go_to_extra_verbatim() {
+        let d = decode(concat!(
+            r#"{"campaignId":123456789012345678901234567890,"total":"abc","ok":1,"custom":{"a":null},"email":5,"createdAt":"soon","ids":[1,"x"]}"#,
+            "\n"
+        ));
+        let b = &d.batch;
+        for col in ["campaignId", "total", "ok", "email", "createdAt", "ids"] {
+            assert!(b.column_by_name(col).unwrap().is_null(0), "{col}");
+        }
+        let e = extra(&d, 0).unwrap();
+        assert_eq!(
+            e,
+            serde_json::json!({
+                "custom": {"a": null}, "campaignId": 123456789012345678901234567890_f64, "total": "abc", "ok": 1, "email": 5,
+                "createdAt": "soon", "ids": [1, "x"]
+            })
+        );
+        let text = b
+            .column_by_name("_extra")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string();
+        assert!(text.contains("123456789012345678901234567890"), "{text}");
+    }
+
+    #[test]
+    fn dotted_keys_and_objects_fill_structs() {
+        let d = decode(concat!(
+            r#"{"itblInternal.emailDomain":"b.c","itblInternal.documentCreatedAt":"2024-01-02T03:04:05Z","itblInternal.other":1}"#,
+            "\n",
+            r#"{"itblInternal":{"emailDomain":"x.y","more":true}}"#,
+            "\n",
+            r#"{"itblInternal":null}"#,
+            "\n"
+        ));
+        let s = d.batch.column_by_name("itblInternal").unwrap().as_struct();
+        let dom = s.column_by_name("emailDomain").unwrap().as_string::<i32>();
+        assert_eq!((dom.value(0), dom.value(1)), ("b.c", "x.y"));
+        assert!(s.is_valid(0) && s.is_valid(1) && s.is_null(2));
+        assert_eq!(
+            extra(&d, 0).unwrap(),
+            serde_json::json!({"itblInternal.other": 1})
+        );
+        assert_eq!(
+            extra(&d, 1).unwrap(),
+            serde_json::json!({"itblInternal.more": true})
+        );
+    }
+
+    #[test]
+    fn unicode_escapes_and_keys_survive() {
+        let line = r#"{"email":"\u0000 \u2028 日本語 שלום 😀 \"q\"","k\u00e9y":"v"}"#;
+        let d = decode(line);
+        let e = d.batch.column_by_name("email").unwrap().as_string::<i32>();
+        assert_eq!(e.value(0), "\u{0} \u{2028} 日本語 שלום 😀 \"q\"");
+        assert_eq!(extra(&d, 0).unwrap(), serde_json::json!({"kéy": "v"}));
+    }
+
+    #[test]
+    fn malformed_lines_are_kept_and_counted() {
+        let d = decode("{\"email\":\"a\"}\nnot json\n[1,2]\n{\"email\":\"b\"");
+        assert_eq!(d.batch.num_rows(), 4);
+        assert_eq!(d.malformed, 3);
+        assert_eq!(
+            extra(&d, 1).unwrap(),
+            serde_json::json!({MALFORMED_LINE: "not json"})
+        );
+        assert_eq!(
+            extra(&d, 3).unwrap(),
+            serde_json::json!({MALFORMED_LINE: "{\"email\":\"b\""})
+        );
+    }
+
+    #[test]
+    fn event_ids_ignore_key_order_and_internal_fields_only() {
+        let d = decode(concat!(
+            r#"{"email":"a","campaignId":1,"itblInternal":{"documentCreatedAt":"2024-01-01 00:00:00 +00:00"}}"#,
+            "\n",
+            r#"{"campaignId":1,"email":"a"}"#,
+            "\n",
+            r#"{"campaignId":2,"email":"a"}"#,
+            "\n"
+        ));
+        let ids = ids(&d);
+        assert_eq!(ids[0], ids[1]);
+        assert_ne!(ids[1], ids[2]);
+        assert_eq!(ids[0].len(), 32);
+        let schema = Arc::new(StreamSchema::parse("t", SCHEMA, true).unwrap());
+        let other = Decoder::new(schema, 7, "emailOpen")
+            .decode(br#"{"campaignId":1,"email":"a"}"#)
+            .unwrap();
+        assert_ne!(ids[1], super::tests::ids(&other)[0]);
+    }
+
+    #[test]
+    fn numbers_that_lose_precision_are_not_coerced() {
+        assert_eq!(float_of("0.1"), Some(0.1));
+        assert_eq!(float_of("\"72.89\""), Some(72.89));
+        assert_eq!(float_of("12345678901234567"), None);
+        assert_eq!(int_of("\"007\""), None);
+        assert_eq!(int_of("1e3"), Some(1000));
+        assert_eq!(int_of("9007199254740993.0"), None);
+        assert_eq!(int_of("-5"), Some(-5));
+        assert_eq!(timestamp_of("1704164645000"), Some(1_704_164_645_000_000));
+    }
+}

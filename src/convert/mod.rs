@@ -1,0 +1,8 @@
+//! Conversion of Iterable's JSON into Arrow: schemas, timestamps and the line decoder.
+
+pub mod decode;
+pub mod schema;
+pub mod timestamp;
+
+pub use decode::{Decoded, Decoder};
+pub use schema::StreamSchema;

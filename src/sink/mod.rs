@@ -1,0 +1,10 @@
+//! Where data lands: the lake's object store and the partitioned Parquet writer.
+
+pub mod store;
+pub mod writer;
+
+pub use store::{LakeStore, StoreError};
+pub use writer::{
+    FileNamer, PartitionedWriter, WriteError, WriterLimits, WrittenFile, date_partition, day_of,
+    partition_day,
+};
