@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# End-to-end export benchmark: a release build syncs ~1 million emailSend events from the fake
+# Iterable API over HTTP to local disk, and DuckDB converts the same NDJSON to Parquet, each
+# under /usr/bin/time -v. Prints records/s, MB/s of NDJSON, peak RSS and the ratios.
+#
+#   scripts/bench-export.sh [EVENTS]        (default 1000000)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+events=${1:-1000000}
+days=3
+per_day=$(( (events + days - 1) / days ))
+work=$(mktemp -d)
+trap 'kill "${fake_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
+"$repo/scripts/python-env.sh" >/dev/null
+py="$repo/.venv/bin/python"
+
+echo "building (release)…"
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" | jq -r .target_directory)
+bin="$target_dir/release/iterable-lake"
+
+key=bench-key
+"$bin" fake-api --api-key "$key" --events-per-day "$per_day" --days "$days" --start 2024-01-01 > "$work/fake.out" &
+fake_pid=$!
+for _ in $(seq 100); do [ -s "$work/fake.out" ] && break; sleep 0.1; done
+base=$(head -1 "$work/fake.out")
+echo "fake API at $base ($per_day events/day × $days days)"
+
+echo "downloading the same NDJSON for DuckDB…"
+curl -sf -H "Api-Key: $key" -o "$work/email_send.ndjson" \
+  "${base}export/data.json?dataTypeName=emailSend&startDateTime=2024-01-01%2000:00:00&endDateTime=2024-01-04%2000:00:00"
+ndjson_bytes=$(stat -c %s "$work/email_send.ndjson")
+lines=$(wc -l < "$work/email_send.ndjson")
+
+measure() { # name, command…: prints "seconds rss_kb"
+  local name=$1; shift
+  /usr/bin/time -v "$@" > "$work/$name.out" 2> "$work/$name.time"
+  local secs rss
+  secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$work/$name.time")
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/$name.time")
+  echo "$secs $rss"
+}
+
+echo "syncing with iterable-lake…"
+read -r il_secs il_rss < <(ITERABLE_API_KEY=$key measure iterable-lake "$bin" sync --dest "$work/lake" \
+  --streams email_send --start-date 2024-01-01 --end-date 2024-01-04 --base-url "$base" \
+  --export-requests-per-minute 100000 --lag 0)
+rows=$(jq '[.streams[].rows] | add' "$work"/lake/_runs/*.json)
+
+echo "converting with DuckDB…"
+cat > "$work/duck.py" <<PY
+import duckdb
+con = duckdb.connect()
+con.execute("COPY (SELECT * FROM read_ndjson('$work/email_send.ndjson')) TO '$work/duck.parquet' (FORMAT parquet)")
+PY
+read -r dk_secs dk_rss < <(measure duckdb "$py" "$work/duck.py")
+
+awk -v rows="$rows" -v lines="$lines" -v bytes="$ndjson_bytes" \
+    -v ils="$il_secs" -v ilr="$il_rss" -v dks="$dk_secs" -v dkr="$dk_rss" 'BEGIN {
+  ilrate = rows / ils; dkrate = lines / dks
+  printf "NDJSON: %d lines, %.1f MB\n", lines, bytes / 1e6
+  printf "iterable-lake (HTTP → Parquet): %d records in %.2f s = %.0f records/s, %.1f MB/s, peak RSS %.0f MB\n", rows, ils, ilrate, bytes / 1e6 / ils, ilr / 1024
+  printf "DuckDB (file → Parquet):        %d records in %.2f s = %.0f records/s, %.1f MB/s, peak RSS %.0f MB\n", lines, dks, dkrate, bytes / 1e6 / dks, dkr / 1024
+  printf "ratio iterable-lake / DuckDB: speed %.2f×, memory %.2f×\n", ilrate / dkrate, ilr / dkr
+}'
+[ "$rows" -eq "$lines" ] || { echo "row count $rows differs from the NDJSON's $lines lines" >&2; exit 1; }

@@ -1,0 +1,195 @@
+//! End-to-end tests of the real binary: commands, exit codes, messages, and that the API key
+//! never appears in any output or lake file.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use iterable_lake::catalog::STREAMS;
+use iterable_lake::fake::{FakeConfig, FakeIterable, Faults};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iterable-lake");
+
+fn run(args: &[&str], key: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("ITERABLE_API_KEY").env("NO_COLOR", "1");
+    if let Some(k) = key {
+        cmd.env("ITERABLE_API_KEY", k);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Fail if `needle` occurs in any file under `dir`.
+fn assert_absent_in_tree(dir: &Path, needle: &str) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "the key is in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0, "the lake holds files");
+}
+
+#[test]
+fn streams_lists_the_catalog() {
+    let o = run(&["streams"], None);
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    for s in STREAMS {
+        assert!(out.contains(s.name), "{}", s.name);
+    }
+    assert!(out.contains("emailUnSubscribe"));
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_str().unwrap();
+    let cases: [(&[&str], Option<&str>, &str); 5] = [
+        (&["sync", "--dest", dest, "--streams", "email_sned"], Some("k"), r#"unknown stream "email_sned" (did you mean "email_send"?)"#),
+        (&["sync", "--dest", dest, "--start-date", "2024-02-30"], Some("k"), "--start-date: \"2024-02-30\" is not a date"),
+        (&["sync", "--dest", dest, "--start-date", "2024-02-02", "--end-date", "2024-01-01"], Some("k"), "is not before --end-date"),
+        (&["sync", "--dest", dest], None, "no API key: set ITERABLE_API_KEY or give --api-key-file"),
+        (&["sync", "--dest", dest, "--mode", "sometimes"], Some("k"), "invalid value 'sometimes'"),
+    ];
+    for (args, key, want) in cases {
+        let o = run(args, key);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_fails_clearly_and_a_good_sync_never_shows_the_key() {
+    let fake = FakeIterable::start(FakeConfig::small(11)).await.unwrap();
+    fake.set_now("2024-01-04T00:00:00Z".parse().unwrap());
+    let key = fake.config().api_key.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("lake");
+    let dest = dest.to_str().unwrap();
+    let base = fake.base_url();
+    let common = [
+        "sync", "--dest", dest, "--base-url", &base, "--start-date", "2024-01-01",
+        "--end-date", "2024-01-04", "--export-requests-per-minute", "100000",
+    ];
+    let wrong = tokio::task::spawn_blocking({
+        let args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).chain(["--streams", "email_send"]).collect();
+            run(&args, Some("not-the-key"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(text(&wrong).contains("API key was rejected"), "{}", text(&wrong));
+    assert!(text(&wrong).contains("failed streams: email_send"), "{}", text(&wrong));
+
+    let args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+    let key2 = key.clone();
+    let good = tokio::task::spawn_blocking(move || {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--log-format", "json"]);
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args).env("ITERABLE_API_KEY", &key2).env("RUST_LOG", "debug");
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(good.status.code(), Some(0), "{}", text(&good));
+    let out = text(&good);
+    assert!(out.contains("\"level\":\"DEBUG\"") || out.contains("\"level\":\"INFO\""), "JSON logs: {out}");
+    assert!(!out.contains(&key), "the key is in the output");
+    assert!(!text(&wrong).contains(&key));
+    assert_absent_in_tree(dir.path(), &key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
+    let mut cfg = FakeConfig::small(12);
+    cfg.faults = Faults {
+        export_rate: None,
+        latency: Some(Duration::from_millis(150)),
+        ..Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let end = "2024-01-04T00:00:00Z";
+    fake.set_now(end.parse().unwrap());
+    let key = fake.config().api_key.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_str().unwrap().to_string();
+    let base = fake.base_url();
+    let args = move || -> Vec<String> {
+        [
+            "sync", "--dest", &dest, "--base-url", &base, "--start-date", "2024-01-01",
+            "--end-date", end, "--export-requests-per-minute", "100000", "--lag", "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let manifest_dir = dir.path().join("_manifest");
+    let (first_args, key1) = (args(), key.clone());
+    let killed = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&first_args)
+            .env("ITERABLE_API_KEY", &key1)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            let commits = std::fs::read_dir(&manifest_dir).map(|d| d.count()).unwrap_or(0);
+            if commits >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::read_dir(&manifest_dir).map(|d| d.count()).unwrap_or(0)
+    })
+    .await
+    .unwrap();
+    assert!(killed >= 3 && killed < STREAMS.len(), "killed mid-run after {killed} commits");
+    let again = tokio::task::spawn_blocking(move || {
+        let a = args();
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run(&a, Some(&key))
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let lake = iterable_lake::sink::LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let manifest = iterable_lake::manifest::Manifest::load(&lake).await.unwrap();
+    for s in STREAMS {
+        let state = &manifest.streams[s.name];
+        let want: u64 = fake
+            .truth_counts(s.data_type(), "2024-01-01T00:00:00Z".parse().unwrap(), end.parse().unwrap())
+            .values()
+            .sum();
+        assert_eq!(state.rows(), want, "{}", s.name);
+    }
+}
