@@ -8,6 +8,7 @@
 //! [`FakeIterable::shutdown`]) when done.
 
 pub mod people;
+mod rest;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
