@@ -3,17 +3,41 @@
 //! with Iterable's quirks, serves every endpoint the extractor reads, injects the faults
 //! Iterable shows in production, and tells tests exactly which records a window holds.
 //!
-//! Callers start it with [`FakeIterable::start`], point the extractor at
-//! [`FakeIterable::base_url`] with [`FakeConfig::api_key`], and drop it (or call
+//! Callers start it with [`FakeIterable::start`] inside a tokio runtime, point the extractor
+//! at [`FakeIterable::base_url`] with [`FakeConfig::api_key`], and drop it (or await
 //! [`FakeIterable::shutdown`]) when done.
+//!
+//! This module owns the configuration, the server and the faults every endpoint shares.
+//! Every route lives under `/api` (the routers of `export`, `jobs` and `rest` give paths
+//! relative to it), behind the `Api-Key` check and the random 500s; the export-job file
+//! downloads live under `/fake-files` and need no key, like pre-signed links. Every request,
+//! rejected or not, is counted and delayed by `Faults::latency`.
 
+mod export;
+mod generate;
+mod jobs;
 pub mod people;
+mod rest;
 
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Display;
+use std::io;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use axum::Router;
+use axum::extract::{Request, State as Shared};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use generate::{Generator, Query, Rng, Shape};
 
 /// What the fake serves: its data set (seed and size), its key and its faults.
 #[derive(Debug, Clone)]
@@ -30,20 +54,27 @@ pub struct FakeConfig {
     pub events_per_day: u32,
     /// How many user profiles exist.
     pub users: u32,
+    /// The largest export-job file, in bytes (Iterable: 10 MB). A file holds whole lines, so
+    /// a single longer line makes a file of its own.
+    pub job_file_bytes: usize,
     pub faults: Faults,
 }
 
 /// Faults, each switchable per server instance.
 #[derive(Debug, Clone)]
 pub struct Faults {
-    /// At most this many export requests (`/api/export/data.json`) per window; the rest get
-    /// 429 `RateLimitExceeded`. Iterable's limit is 4 per minute. `None` turns it off.
+    /// At most this many export requests (`/api/export/data.json`) per sliding window of
+    /// wall-clock time; the rest get 429 `RateLimitExceeded` (and do not use up the budget).
+    /// Iterable's limit is 4 per minute. `None` turns it off.
     pub export_rate: Option<(u32, Duration)>,
+    /// Add `Retry-After: <seconds until the window admits another request>` to those 429s.
+    pub retry_after: bool,
     /// Lists whose `getUsers` always answers 500 `GenericError` ("… Please try again later").
     pub failing_lists: Vec<i64>,
-    /// Cut responses off mid-body (connection closed without the final chunk).
+    /// Cut export responses off mid-body (connection closed without the final chunk).
     pub cut_off: Option<CutOff>,
-    /// Answer this share of requests (0.0–1.0) with a 500, drawn from `random_500_seed`.
+    /// Answer this share of `/api` requests (0.0–1.0) with 500 `GenericError`, after the key
+    /// check, drawing one number per request from a sequence seeded by `random_500_seed`.
     pub random_500: f64,
     pub random_500_seed: u64,
     /// Added before every response.
@@ -54,7 +85,8 @@ pub struct Faults {
 }
 
 /// A response cut off after `after_bytes` body bytes, for the first `first_requests`
-/// export requests of `data_type` (every data type when `None`).
+/// successful `data.json` requests of `data_type` (either spelling; every data type when
+/// `None`). A body no longer than `after_bytes` is sent whole (and still counts).
 #[derive(Debug, Clone)]
 pub struct CutOff {
     pub data_type: Option<String>,
@@ -66,6 +98,7 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             export_rate: Some((4, Duration::from_secs(60))),
+            retry_after: false,
             failing_lists: Vec::new(),
             cut_off: None,
             random_500: 0.0,
@@ -86,6 +119,7 @@ impl FakeConfig {
             days: 3,
             events_per_day: 40,
             users: 200,
+            job_file_bytes: 10 * 1024 * 1024,
             faults: Faults {
                 export_rate: None,
                 ..Faults::default()
@@ -100,24 +134,212 @@ pub(crate) struct State {
     pub cfg: FakeConfig,
     /// The fake's clock: only data visible at this instant is served. `None`: wall clock.
     pub clock: Mutex<Option<DateTime<Utc>>>,
+    /// Where the server listens; export-job file URLs point here.
+    pub addr: SocketAddr,
+    pub(crate) generator: Generator,
+    /// Requests per path, counted before any check.
+    requests: Mutex<BTreeMap<String, u64>>,
+    rate_limited: AtomicU64,
+    /// When the export requests admitted in the current rate-limit window arrived.
+    export_window: Mutex<VecDeque<Instant>>,
+    dice_500: Mutex<Rng>,
+    /// Successful `data.json` requests the cut-off fault has seen.
+    cut_off_seen: AtomicU64,
+    jobs: Mutex<jobs::Jobs>,
 }
 
 impl State {
+    fn new(cfg: FakeConfig, addr: SocketAddr) -> State {
+        State {
+            generator: Generator::new(&cfg),
+            dice_500: Mutex::new(Rng::new(cfg.faults.random_500_seed)),
+            cfg,
+            clock: Mutex::new(None),
+            addr,
+            requests: Mutex::new(BTreeMap::new()),
+            rate_limited: AtomicU64::new(0),
+            export_window: Mutex::new(VecDeque::new()),
+            cut_off_seen: AtomicU64::new(0),
+            jobs: Mutex::new(jobs::Jobs::default()),
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.clock
             .lock()
             .expect("clock lock")
             .unwrap_or_else(Utc::now)
     }
+
+    /// Whether this request gets the random 500: one draw from the seeded sequence per call,
+    /// so the same request order gives the same failures. The `/api` middleware calls it for
+    /// every authenticated request; handlers need not.
+    pub(crate) fn draw_random_500(&self) -> bool {
+        let p = self.cfg.faults.random_500;
+        p > 0.0 && self.dice_500.lock().expect("dice lock").unit() < p
+    }
+
+    fn count_request(&self, path: &str) {
+        *self
+            .requests
+            .lock()
+            .expect("counter lock")
+            .entry(path.to_string())
+            .or_default() += 1;
+    }
+
+    /// Admits one `data.json` request under `Faults::export_rate`, or tells how long until
+    /// the window admits another.
+    fn admit_export(&self) -> Result<(), Duration> {
+        let Some((limit, window)) = self.cfg.faults.export_rate else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut admitted = self.export_window.lock().expect("rate lock");
+        while admitted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            admitted.pop_front();
+        }
+        match admitted.front() {
+            Some(oldest) if admitted.len() >= limit as usize => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                Err(window - now.duration_since(*oldest))
+            }
+            _ => {
+                admitted.push_back(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Where to cut this `data.json` response off, if `Faults::cut_off` applies to it.
+    fn take_cut_off(&self, requested: &str, canonical: &str) -> Option<usize> {
+        let cut = self.cfg.faults.cut_off.as_ref()?;
+        if cut
+            .data_type
+            .as_deref()
+            .is_some_and(|t| t != requested && t != canonical)
+        {
+            return None;
+        }
+        let seen = self.cut_off_seen.fetch_add(1, Ordering::Relaxed);
+        (seen < cut.first_requests as u64).then_some(cut.after_bytes)
+    }
+
+    /// A query of data type `ty` over `[start_ms, end_ms)` as the clock sees it now.
+    fn query(&self, ty: usize, start_ms: i64, end_ms: i64, shape: Shape) -> Query {
+        Query {
+            ty,
+            start_ms,
+            end_ms,
+            now_ms: self.now().timestamp_millis(),
+            user: None,
+            shape,
+        }
+    }
 }
 
-/// A running fake Iterable API.
+/// An error in Iterable's envelope: `{"msg": …, "code": …, "params": null}`.
+pub(crate) fn api_error(status: StatusCode, code: &str, msg: impl Display) -> Response {
+    let body = serde_json::json!({ "msg": msg.to_string(), "code": code, "params": null });
+    (status, axum::Json(body)).into_response()
+}
+
+fn router(state: Arc<State>) -> Router {
+    let api = export::routes()
+        .merge(jobs::routes())
+        .merge(rest::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), guard_api));
+    Router::new()
+        .nest("/api", api)
+        .merge(jobs::file_routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_and_delay,
+        ))
+        .with_state(state)
+}
+
+async fn count_and_delay(Shared(state): Shared<Arc<State>>, req: Request, next: Next) -> Response {
+    state.count_request(req.uri().path());
+    if let Some(latency) = state.cfg.faults.latency {
+        tokio::time::sleep(latency).await;
+    }
+    next.run(req).await
+}
+
+/// The key check (`Api-Key`, or `Api_Key`, header names being case-insensitive), then the
+/// random 500s.
+async fn guard_api(Shared(state): Shared<Arc<State>>, req: Request, next: Next) -> Response {
+    if !has_key(req.headers(), &state.cfg.api_key) {
+        return api_error(StatusCode::UNAUTHORIZED, "BadApiKey", "Invalid API key");
+    }
+    if state.draw_random_500() {
+        return api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "GenericError",
+            "Something went wrong. Please try again later",
+        );
+    }
+    next.run(req).await
+}
+
+fn has_key(headers: &HeaderMap, key: &str) -> bool {
+    ["api-key", "api_key"]
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .any(|v| v.as_bytes() == key.as_bytes())
+}
+
+/// A running fake Iterable API. Dropping it stops the server (without waiting).
 pub struct FakeIterable {
     addr: SocketAddr,
     state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl FakeIterable {
+    /// Starts a fake on an ephemeral port of `127.0.0.1`, served by the current tokio runtime.
+    pub async fn start(cfg: FakeConfig) -> io::Result<FakeIterable> {
+        FakeIterable::start_on(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a fake on `addr`, served by the current tokio runtime.
+    pub async fn start_on(cfg: FakeConfig, addr: SocketAddr) -> io::Result<FakeIterable> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::new(cfg, addr));
+        let app = router(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(FakeIterable {
+            addr,
+            state,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    /// Stops accepting connections and waits for the responses in flight to finish.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -134,5 +356,166 @@ impl FakeIterable {
     /// Set the fake's clock: data created or updated later, or not yet visible, is not served.
     pub fn set_now(&self, now: DateTime<Utc>) {
         *self.state.clock.lock().expect("clock lock") = Some(now);
+    }
+
+    /// The fake's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.state.now()
+    }
+
+    /// The middle of the data range: events created (users updated) at or after it may carry
+    /// the field that appears mid-range (`frequencyCapped` on events, `loyaltyTier` on users);
+    /// earlier ones never do.
+    pub fn midpoint(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.state.generator.mid_ms()).expect("in range")
+    }
+
+    /// The lines `GET /api/export/data.json?dataTypeName=<data_type>` serves now for the
+    /// window `[start, end)`, without `onlyFields`/`omitFields`, in response order and without
+    /// their newlines. Either spelling of `emailUnSubscribe` is accepted.
+    ///
+    /// # Panics
+    /// If `data_type` is not an export data type.
+    pub fn truth_lines(
+        &self,
+        data_type: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Vec<String> {
+        let q = self.truth_query(data_type, start, end);
+        let mut lines = Vec::new();
+        let _ = self
+            .state
+            .generator
+            .lines(&q, Default::default(), &mut |_, line| {
+                lines.push(String::from_utf8(line.to_vec()).expect("lines are UTF-8"));
+                ControlFlow::Continue(())
+            });
+        lines
+    }
+
+    /// The exact body `data.json` serves now for `[start, end)`: [`FakeIterable::truth_lines`]
+    /// joined by `\n`, ending in `\n` or not as the trailing-newline rule decides (about one
+    /// non-empty body in four ends without one, decided by a hash of its last line).
+    ///
+    /// # Panics
+    /// If `data_type` is not an export data type.
+    pub fn truth_body(&self, data_type: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<u8> {
+        let mut body = Vec::new();
+        self.write_body(data_type, start, end, &mut body)
+            .expect("writing to memory cannot fail");
+        body
+    }
+
+    /// Streams [`FakeIterable::truth_body`] into `out` without holding it, for benchmarks
+    /// that want the exact bytes without HTTP. Returns the number of bytes written.
+    ///
+    /// # Panics
+    /// If `data_type` is not an export data type.
+    pub fn write_body(
+        &self,
+        data_type: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        out: &mut dyn io::Write,
+    ) -> io::Result<u64> {
+        let q = self.truth_query(data_type, start, end);
+        let mut written = 0u64;
+        let mut failure = None;
+        let _ = self
+            .state
+            .generator
+            .write_body(&q, &mut |bytes| match out.write_all(bytes) {
+                Ok(()) => {
+                    written += bytes.len() as u64;
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            });
+        failure.map_or(Ok(written), Err)
+    }
+
+    /// How many records `data.json` serves now for `[start, end)`, per cursor date: the UTC
+    /// date of the record's cursor instant (`createdAt`, or `profileUpdatedAt` for `user`).
+    ///
+    /// # Panics
+    /// If `data_type` is not an export data type.
+    pub fn truth_counts(
+        &self,
+        data_type: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BTreeMap<NaiveDate, u64> {
+        let q = self.truth_query(data_type, start, end);
+        let mut counts = BTreeMap::new();
+        self.state.generator.cursors(&q, &mut |ms| {
+            let date = DateTime::from_timestamp_millis(ms)
+                .expect("cursor in range")
+                .date_naive();
+            *counts.entry(date).or_default() += 1;
+        });
+        counts
+    }
+
+    /// The lines `GET /api/export/userEvents` serves now for the user with this email or
+    /// userId (empty for an unknown user), each starting with `"_type"`.
+    pub fn truth_user_events(&self, email_or_user_id: &str, include_custom: bool) -> Vec<String> {
+        let generator = &self.state.generator;
+        let Some(user) = generator.find_user(Some(email_or_user_id), Some(email_or_user_id)) else {
+            return Vec::new();
+        };
+        let mut body = Vec::new();
+        let now_ms = self.state.now().timestamp_millis();
+        let _ = generator.write_user_events(user, include_custom, now_ms, &mut |bytes| {
+            body.extend_from_slice(bytes);
+            ControlFlow::Continue(())
+        });
+        String::from_utf8(body)
+            .expect("lines are UTF-8")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Requests to `/api/export/data.json` so far, whatever their answer (401, 429, 500 …).
+    pub fn export_requests(&self) -> u64 {
+        self.requests("/api/export/data.json")
+    }
+
+    /// Requests so far whose path starts with `path_prefix`, whatever their answer.
+    pub fn requests(&self, path_prefix: &str) -> u64 {
+        let requests = self.state.requests.lock().expect("counter lock");
+        requests
+            .iter()
+            .filter(|(path, _)| path.starts_with(path_prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// `data.json` requests answered 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.state.rate_limited.load(Ordering::Relaxed)
+    }
+
+    fn truth_query(&self, data_type: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Query {
+        let ty = Generator::type_index(data_type)
+            .unwrap_or_else(|| panic!("{data_type} is not an export data type"));
+        self.state.query(
+            ty,
+            start.timestamp_millis(),
+            end.timestamp_millis(),
+            Shape::default(),
+        )
+    }
+}
+
+impl Drop for FakeIterable {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
