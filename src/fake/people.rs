@@ -13,7 +13,11 @@ pub fn email(seed: u64, i: u32) -> String {
 
 /// The userId of user `i`: a hybrid project, so about a third of the users have none.
 pub fn user_id(seed: u64, i: u32) -> Option<String> {
-    if (seed.wrapping_mul(31).wrapping_add(i as u64)) % 3 == 0 {
+    if seed
+        .wrapping_mul(31)
+        .wrapping_add(u64::from(i))
+        .is_multiple_of(3)
+    {
         None
     } else {
         Some(format!("uid-{i:06}"))
