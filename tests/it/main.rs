@@ -1,4 +1,10 @@
-//! Integration tests: one binary, one module per area.
+//! The one integration test binary. Run everything with `scripts/test.sh`, which starts the
+//! S3 server and the DuckDB tooling that `support` needs; plain `cargo test` skips the tests
+//! that need them (and fails them when `CI=true`).
 
+mod cli;
+mod export_sync;
 mod fake_export;
 mod fake_rest;
+mod harness;
+mod support;
