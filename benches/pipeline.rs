@@ -69,7 +69,10 @@ fn encode(c: &mut Criterion) {
     let (chunks, def) = chunks("email_send", 20_000);
     let d = decoder(def);
     let bytes: usize = chunks.iter().map(Vec::len).sum();
-    let batches: Vec<_> = chunks.iter().map(|c| d.decode(c).expect("decodes").batch).collect();
+    let batches: Vec<_> = chunks
+        .iter()
+        .map(|c| d.decode(c).expect("decodes").batch)
+        .collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level")))
         .build();

@@ -10,7 +10,9 @@ use url::Url;
 
 use crate::api::{ApiClient, ApiKey, ClientConfig};
 use crate::catalog::STREAMS;
-use crate::cli::{Cli, Command, DemoArgs, FakeApiArgs, LogFormat, SyncArgs, parse_date, sync_options};
+use crate::cli::{
+    Cli, Command, DemoArgs, FakeApiArgs, LogFormat, SyncArgs, parse_date, sync_options,
+};
 use crate::fake::{FakeConfig, FakeIterable};
 use crate::sink::LakeStore;
 use crate::sync::{self, RunReport, StreamStatus};
@@ -41,9 +43,18 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Sync(args) => sync_command(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Streams => {
-            println!("{:<28} {:<22} {:<18} {}", "stream", "data type", "cursor", "default mode");
+            println!(
+                "{:<28} {:<22} {:<18} default mode",
+                "stream", "data type", "cursor"
+            );
             for s in STREAMS {
-                println!("{:<28} {:<22} {:<18} {}", s.name, s.data_type(), s.cursor_field, s.default_mode);
+                println!(
+                    "{:<28} {:<22} {:<18} {}",
+                    s.name,
+                    s.data_type(),
+                    s.cursor_field,
+                    s.default_mode
+                );
             }
             Ok(exit::OK)
         }
@@ -75,7 +86,10 @@ async fn sync_command(args: SyncArgs) -> Result<u8> {
             return Ok(exit::USAGE);
         }
     };
-    let base = args.base_url.clone().unwrap_or_else(|| args.region.base_url().to_string());
+    let base = args
+        .base_url
+        .clone()
+        .unwrap_or_else(|| args.region.base_url().to_string());
     let base = match Url::parse(&base) {
         Ok(u) => u,
         Err(e) => {
@@ -124,7 +138,12 @@ fn print_summary(report: &RunReport) {
     let failed: Vec<&str> = report.failed().iter().map(|s| s.stream.as_str()).collect();
     println!(
         "run {}: {} requests, {} retries, {} rate-limited; report in {}/_runs/{}.json",
-        report.run_id, report.requests, report.retries, report.rate_limited, report.dest, report.run_id
+        report.run_id,
+        report.requests,
+        report.retries,
+        report.rate_limited,
+        report.dest,
+        report.run_id
     );
     if !failed.is_empty() {
         println!("failed streams: {}", failed.join(", "));
@@ -146,7 +165,9 @@ async fn demo(args: DemoArgs) -> Result<u8> {
         ..FakeConfig::small(42)
     };
     let key = ApiKey::new(cfg.api_key.clone()).context("the fake's key")?;
-    let fake = FakeIterable::start(cfg).await.context("starting the fake Iterable API")?;
+    let fake = FakeIterable::start(cfg)
+        .await
+        .context("starting the fake Iterable API")?;
     println!("fake Iterable API on {}", fake.base_url());
     let mut client_cfg = ClientConfig::new(Url::parse(&fake.base_url())?, key);
     client_cfg.export_requests_per_minute = 100_000;
@@ -176,7 +197,9 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
         ..FakeConfig::small(args.seed)
     };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let fake = FakeIterable::start_on(cfg, addr).await.context("starting the fake Iterable API")?;
+    let fake = FakeIterable::start_on(cfg, addr)
+        .await
+        .context("starting the fake Iterable API")?;
     println!("{}", fake.base_url());
     tokio::signal::ctrl_c().await?;
     drop(fake);

@@ -11,7 +11,11 @@ use crate::catalog::{self, StreamDef, SyncMode};
 use crate::convert::timestamp::parse_instant;
 
 #[derive(Debug, Parser)]
-#[command(name = "iterable-lake", version, about = "Copy everything an Iterable project holds into a partitioned Parquet lake, on local disk or S3.")]
+#[command(
+    name = "iterable-lake",
+    version,
+    about = "Copy everything an Iterable project holds into a partitioned Parquet lake, on local disk or S3."
+)]
 pub struct Cli {
     /// Log format: text for people, json (one object per line) for cron and log shippers.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
@@ -141,7 +145,10 @@ pub enum UsageError {
         end: DateTime<Utc>,
     },
     #[error("{flag} must be {what}")]
-    Bad { flag: &'static str, what: &'static str },
+    Bad {
+        flag: &'static str,
+        what: &'static str,
+    },
 }
 
 /// Resolve `--streams`.
@@ -187,28 +194,51 @@ pub fn parse_date(flag: &'static str, value: &str) -> Result<DateTime<Utc>, Usag
 }
 
 /// The validated options of `sync` (no I/O).
-pub fn sync_options(args: &SyncArgs, now: DateTime<Utc>) -> Result<crate::sync::SyncOptions, UsageError> {
+pub fn sync_options(
+    args: &SyncArgs,
+    now: DateTime<Utc>,
+) -> Result<crate::sync::SyncOptions, UsageError> {
     let mut opts = crate::sync::SyncOptions::new(select_streams(&args.streams)?);
     opts.now = now;
-    opts.start = args.start_date.as_deref().map(|v| parse_date("--start-date", v)).transpose()?;
-    opts.end = args.end_date.as_deref().map(|v| parse_date("--end-date", v)).transpose()?;
-    if let (Some(start), Some(end)) = (opts.start, opts.end) {
-        if start >= end {
-            return Err(UsageError::StartAfterEnd { start, end });
-        }
+    opts.start = args
+        .start_date
+        .as_deref()
+        .map(|v| parse_date("--start-date", v))
+        .transpose()?;
+    opts.end = args
+        .end_date
+        .as_deref()
+        .map(|v| parse_date("--end-date", v))
+        .transpose()?;
+    if let (Some(start), Some(end)) = (opts.start, opts.end)
+        && start >= end
+    {
+        return Err(UsageError::StartAfterEnd { start, end });
     }
     opts.mode = args.mode.map(SyncMode::from);
     if args.lag < 0 {
-        return Err(UsageError::Bad { flag: "--lag", what: "zero or more minutes" });
+        return Err(UsageError::Bad {
+            flag: "--lag",
+            what: "zero or more minutes",
+        });
     }
     if args.lookback < 0 {
-        return Err(UsageError::Bad { flag: "--lookback", what: "zero or more days" });
+        return Err(UsageError::Bad {
+            flag: "--lookback",
+            what: "zero or more days",
+        });
     }
     if args.concurrency == 0 {
-        return Err(UsageError::Bad { flag: "--concurrency", what: "at least 1" });
+        return Err(UsageError::Bad {
+            flag: "--concurrency",
+            what: "at least 1",
+        });
     }
     if args.export_requests_per_minute == 0 {
-        return Err(UsageError::Bad { flag: "--export-requests-per-minute", what: "at least 1" });
+        return Err(UsageError::Bad {
+            flag: "--export-requests-per-minute",
+            what: "at least 1",
+        });
     }
     opts.lag = Duration::minutes(args.lag);
     opts.lookback_days = args.lookback;
@@ -224,9 +254,15 @@ mod tests {
     fn streams_resolve_with_suggestions() {
         assert_eq!(select_streams("all").unwrap().len(), catalog::STREAMS.len());
         let two = select_streams("email_send, users,email_send").unwrap();
-        assert_eq!(two.iter().map(|s| s.name).collect::<Vec<_>>(), ["email_send", "users"]);
+        assert_eq!(
+            two.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["email_send", "users"]
+        );
         let err = select_streams("email_sned").unwrap_err().to_string();
-        assert_eq!(err, r#"unknown stream "email_sned" (did you mean "email_send"?)"#);
+        assert_eq!(
+            err,
+            r#"unknown stream "email_sned" (did you mean "email_send"?)"#
+        );
         assert!(matches!(select_streams(" , "), Err(UsageError::NoStreams)));
     }
 
@@ -234,7 +270,12 @@ mod tests {
     fn dates_parse_or_say_why() {
         let d = parse_date("--start-date", "2024-01-02").unwrap();
         assert_eq!(d.to_rfc3339(), "2024-01-02T00:00:00+00:00");
-        let err = parse_date("--start-date", "2024-13-01").unwrap_err().to_string();
-        assert!(err.contains("--start-date") && err.contains("2024-13-01"), "{err}");
+        let err = parse_date("--start-date", "2024-13-01")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--start-date") && err.contains("2024-13-01"),
+            "{err}"
+        );
     }
 }

@@ -230,6 +230,9 @@ async fn decode_on_rayon(decoder: Arc<Decoder>, chunk: Bytes) -> Result<Decoded,
         .map_err(FetchError::Decode)
 }
 
+/// The writer task: the files it finished, once told to finish.
+type WriterTask = tokio::task::JoinHandle<Result<Vec<WrittenFile>, FetchError>>;
+
 enum Msg {
     Batch(arrow::record_batch::RecordBatch),
     Finish,
@@ -238,12 +241,7 @@ enum Msg {
 
 /// Run the Parquet writer on a blocking thread (encoding is CPU work), fed by a bounded
 /// channel. It finishes on `Finish` and deletes its files on `Abort` or a dropped sender.
-fn spawn_writer(
-    mut writer: PartitionedWriter,
-) -> (
-    mpsc::Sender<Msg>,
-    impl Future<Output = Result<Result<Vec<WrittenFile>, FetchError>, tokio::task::JoinError>>,
-) {
+fn spawn_writer(mut writer: PartitionedWriter) -> (mpsc::Sender<Msg>, WriterTask) {
     let (tx, mut rx) = mpsc::channel::<Msg>(2);
     let handle = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {

@@ -12,7 +12,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_iterable-lake");
 
 fn run(args: &[&str], key: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("ITERABLE_API_KEY").env("NO_COLOR", "1");
+    cmd.args(args)
+        .env_remove("ITERABLE_API_KEY")
+        .env("NO_COLOR", "1");
     if let Some(k) = key {
         cmd.env("ITERABLE_API_KEY", k);
     }
@@ -66,11 +68,39 @@ fn bad_input_gets_one_clear_line_and_exit_64() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().to_str().unwrap();
     let cases: [(&[&str], Option<&str>, &str); 5] = [
-        (&["sync", "--dest", dest, "--streams", "email_sned"], Some("k"), r#"unknown stream "email_sned" (did you mean "email_send"?)"#),
-        (&["sync", "--dest", dest, "--start-date", "2024-02-30"], Some("k"), "--start-date: \"2024-02-30\" is not a date"),
-        (&["sync", "--dest", dest, "--start-date", "2024-02-02", "--end-date", "2024-01-01"], Some("k"), "is not before --end-date"),
-        (&["sync", "--dest", dest], None, "no API key: set ITERABLE_API_KEY or give --api-key-file"),
-        (&["sync", "--dest", dest, "--mode", "sometimes"], Some("k"), "invalid value 'sometimes'"),
+        (
+            &["sync", "--dest", dest, "--streams", "email_sned"],
+            Some("k"),
+            r#"unknown stream "email_sned" (did you mean "email_send"?)"#,
+        ),
+        (
+            &["sync", "--dest", dest, "--start-date", "2024-02-30"],
+            Some("k"),
+            "--start-date: \"2024-02-30\" is not a date",
+        ),
+        (
+            &[
+                "sync",
+                "--dest",
+                dest,
+                "--start-date",
+                "2024-02-02",
+                "--end-date",
+                "2024-01-01",
+            ],
+            Some("k"),
+            "is not before --end-date",
+        ),
+        (
+            &["sync", "--dest", dest],
+            None,
+            "no API key: set ITERABLE_API_KEY or give --api-key-file",
+        ),
+        (
+            &["sync", "--dest", dest, "--mode", "sometimes"],
+            Some("k"),
+            "invalid value 'sometimes'",
+        ),
     ];
     for (args, key, want) in cases {
         let o = run(args, key);
@@ -90,21 +120,42 @@ async fn a_wrong_key_fails_clearly_and_a_good_sync_never_shows_the_key() {
     let dest = dest.to_str().unwrap();
     let base = fake.base_url();
     let common = [
-        "sync", "--dest", dest, "--base-url", &base, "--start-date", "2024-01-01",
-        "--end-date", "2024-01-04", "--export-requests-per-minute", "100000",
+        "sync",
+        "--dest",
+        dest,
+        "--base-url",
+        &base,
+        "--start-date",
+        "2024-01-01",
+        "--end-date",
+        "2024-01-04",
+        "--export-requests-per-minute",
+        "100000",
     ];
     let wrong = tokio::task::spawn_blocking({
         let args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
         move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).chain(["--streams", "email_send"]).collect();
+            let args: Vec<&str> = args
+                .iter()
+                .map(String::as_str)
+                .chain(["--streams", "email_send"])
+                .collect();
             run(&args, Some("not-the-key"))
         }
     })
     .await
     .unwrap();
     assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
-    assert!(text(&wrong).contains("API key was rejected"), "{}", text(&wrong));
-    assert!(text(&wrong).contains("failed streams: email_send"), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("API key was rejected"),
+        "{}",
+        text(&wrong)
+    );
+    assert!(
+        text(&wrong).contains("failed streams: email_send"),
+        "{}",
+        text(&wrong)
+    );
 
     let args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
     let key2 = key.clone();
@@ -112,14 +163,19 @@ async fn a_wrong_key_fails_clearly_and_a_good_sync_never_shows_the_key() {
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend(["--log-format", "json"]);
         let mut cmd = Command::new(BIN);
-        cmd.args(&args).env("ITERABLE_API_KEY", &key2).env("RUST_LOG", "debug");
+        cmd.args(&args)
+            .env("ITERABLE_API_KEY", &key2)
+            .env("RUST_LOG", "debug");
         cmd.output().unwrap()
     })
     .await
     .unwrap();
     assert_eq!(good.status.code(), Some(0), "{}", text(&good));
     let out = text(&good);
-    assert!(out.contains("\"level\":\"DEBUG\"") || out.contains("\"level\":\"INFO\""), "JSON logs: {out}");
+    assert!(
+        out.contains("\"level\":\"DEBUG\"") || out.contains("\"level\":\"INFO\""),
+        "JSON logs: {out}"
+    );
     assert!(!out.contains(&key), "the key is in the output");
     assert!(!text(&wrong).contains(&key));
     assert_absent_in_tree(dir.path(), &key);
@@ -142,8 +198,19 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
     let base = fake.base_url();
     let args = move || -> Vec<String> {
         [
-            "sync", "--dest", &dest, "--base-url", &base, "--start-date", "2024-01-01",
-            "--end-date", end, "--export-requests-per-minute", "100000", "--lag", "0",
+            "sync",
+            "--dest",
+            &dest,
+            "--base-url",
+            &base,
+            "--start-date",
+            "2024-01-01",
+            "--end-date",
+            end,
+            "--export-requests-per-minute",
+            "100000",
+            "--lag",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -161,7 +228,9 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
             .unwrap();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
-            let commits = std::fs::read_dir(&manifest_dir).map(|d| d.count()).unwrap_or(0);
+            let commits = std::fs::read_dir(&manifest_dir)
+                .map(|d| d.count())
+                .unwrap_or(0);
             if commits >= 3 {
                 break;
             }
@@ -169,11 +238,16 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        std::fs::read_dir(&manifest_dir).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(&manifest_dir)
+            .map(|d| d.count())
+            .unwrap_or(0)
     })
     .await
     .unwrap();
-    assert!(killed >= 3 && killed < STREAMS.len(), "killed mid-run after {killed} commits");
+    assert!(
+        killed >= 3 && killed < STREAMS.len(),
+        "killed mid-run after {killed} commits"
+    );
     let again = tokio::task::spawn_blocking(move || {
         let a = args();
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -183,11 +257,17 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
     .unwrap();
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     let lake = iterable_lake::sink::LakeStore::open(dir.path().to_str().unwrap()).unwrap();
-    let manifest = iterable_lake::manifest::Manifest::load(&lake).await.unwrap();
+    let manifest = iterable_lake::manifest::Manifest::load(&lake)
+        .await
+        .unwrap();
     for s in STREAMS {
         let state = &manifest.streams[s.name];
         let want: u64 = fake
-            .truth_counts(s.data_type(), "2024-01-01T00:00:00Z".parse().unwrap(), end.parse().unwrap())
+            .truth_counts(
+                s.data_type(),
+                "2024-01-01T00:00:00Z".parse().unwrap(),
+                end.parse().unwrap(),
+            )
             .values()
             .sum();
         assert_eq!(state.rows(), want, "{}", s.name);

@@ -61,31 +61,39 @@ async fn sync(fake: &FakeIterable, lake: &LakeStore, opts: SyncOptions) -> RunRe
 /// The identity of each record: `_event_id` for events, `email|userId` for users.
 fn identities(stream: &StreamDef, batch: &arrow::record_batch::RecordBatch) -> Vec<String> {
     if stream.is_event() {
-        let ids = batch.column_by_name("_event_id").unwrap().as_string::<i32>();
+        let ids = batch
+            .column_by_name("_event_id")
+            .unwrap()
+            .as_string::<i32>();
         return ids.iter().map(|v| v.unwrap().to_string()).collect();
     }
     let email = batch.column_by_name("email").unwrap().as_string::<i32>();
     let user = batch.column_by_name("userId").unwrap().as_string::<i32>();
-    (0..batch.num_rows())
-        .map(|i| {
-            format!(
-                "{}|{}",
-                email.is_valid(i).then(|| email.value(i)).unwrap_or(""),
-                user.is_valid(i).then(|| user.value(i)).unwrap_or("")
-            )
-        })
+    email
+        .iter()
+        .zip(user.iter())
+        .map(|(e, u)| format!("{}|{}", e.unwrap_or_default(), u.unwrap_or_default()))
         .collect()
 }
 
 /// What the fake holds for `[start, end)`: identities (sorted) and counts per date.
-fn truth(fake: &FakeIterable, stream: &StreamDef, start: &str, end: DateTime<Utc>) -> (Vec<String>, BTreeMap<NaiveDate, u64>) {
+fn truth(
+    fake: &FakeIterable,
+    stream: &StreamDef,
+    start: &str,
+    end: DateTime<Utc>,
+) -> (Vec<String>, BTreeMap<NaiveDate, u64>) {
     let lines = fake.truth_lines(stream.data_type(), t(start), end);
-    let schema = Arc::new(StreamSchema::parse(stream.name, stream.schema, stream.is_event()).unwrap());
+    let schema =
+        Arc::new(StreamSchema::parse(stream.name, stream.schema, stream.is_event()).unwrap());
     let decoder = Decoder::new(schema, 0, stream.data_type());
     let mut ids = if lines.is_empty() {
         Vec::new()
     } else {
-        identities(stream, &decoder.decode(lines.join("\n").as_bytes()).unwrap().batch)
+        identities(
+            stream,
+            &decoder.decode(lines.join("\n").as_bytes()).unwrap().batch,
+        )
     };
     ids.sort();
     let counts = fake.truth_counts(stream.data_type(), t(start), end);
@@ -93,7 +101,10 @@ fn truth(fake: &FakeIterable, stream: &StreamDef, start: &str, end: DateTime<Utc
 }
 
 /// What the lake holds live for a stream: identities (sorted) and rows per date partition.
-async fn lake_contents(lake: &LakeStore, stream: &StreamDef) -> (Vec<String>, BTreeMap<NaiveDate, u64>) {
+async fn lake_contents(
+    lake: &LakeStore,
+    stream: &StreamDef,
+) -> (Vec<String>, BTreeMap<NaiveDate, u64>) {
     let manifest = Manifest::load(lake).await.unwrap();
     let mut ids = Vec::new();
     let mut counts = BTreeMap::new();
@@ -101,8 +112,18 @@ async fn lake_contents(lake: &LakeStore, stream: &StreamDef) -> (Vec<String>, BT
         return (ids, counts);
     };
     for f in &state.files {
-        let bytes = lake.store.get(&lake.path(&f.file.path)).await.unwrap().bytes().await.unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        let bytes = lake
+            .store
+            .get(&lake.path(&f.file.path))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
         let date = f.file.partition.rsplit("date=").next().unwrap();
         let date: NaiveDate = date.parse().unwrap();
         let mut rows = 0;
@@ -138,12 +159,22 @@ async fn assert_no_stray_files(lake: &LakeStore, stream: &StreamDef) {
     assert_eq!(found, live, "{}", stream.name);
 }
 
-async fn assert_exact(fake: &FakeIterable, lake: &LakeStore, stream: &StreamDef, start: &str, end: DateTime<Utc>) {
+async fn assert_exact(
+    fake: &FakeIterable,
+    lake: &LakeStore,
+    stream: &StreamDef,
+    start: &str,
+    end: DateTime<Utc>,
+) {
     let (want_ids, want_counts) = truth(fake, stream, start, end);
     let (got_ids, got_counts) = lake_contents(lake, stream).await;
     assert_eq!(got_counts, want_counts, "{} rows per date", stream.name);
     assert_eq!(got_ids.len(), want_ids.len(), "{} records", stream.name);
-    assert!(got_ids == want_ids, "{}: records differ from the fake's ground truth", stream.name);
+    assert!(
+        got_ids == want_ids,
+        "{}: records differ from the fake's ground truth",
+        stream.name
+    );
     assert_no_stray_files(lake, stream).await;
 }
 
@@ -173,7 +204,11 @@ async fn two_incremental_runs_with_new_and_late_data_leave_each_record_once() {
     let fake = FakeIterable::start(FakeConfig::small(2)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
-    let streams = vec![catalog::find("email_send").unwrap(), catalog::find("users").unwrap(), catalog::find("purchase").unwrap()];
+    let streams = vec![
+        catalog::find("email_send").unwrap(),
+        catalog::find("users").unwrap(),
+        catalog::find("purchase").unwrap(),
+    ];
     let t1 = t("2024-01-02T13:30:00Z");
     fake.set_now(t1);
     sync(&fake, &lake, options(streams.clone(), START, t1)).await;
@@ -184,14 +219,22 @@ async fn two_incremental_runs_with_new_and_late_data_leave_each_record_once() {
     let t2 = t("2024-01-03T20:00:00Z");
     fake.set_now(t2);
     let after_truth = truth(&fake, streams[0], START, t1).0.len();
-    assert!(after_truth > before, "the fake holds late data for the first run's period");
+    assert!(
+        after_truth > before,
+        "the fake holds late data for the first run's period"
+    );
     let report = sync(&fake, &lake, options(streams.clone(), START, t2)).await;
     for s in &streams {
         assert_exact(&fake, &lake, s, START, t2).await;
     }
     assert!(report.streams.iter().all(|s| s.cursor == Some(t2)));
     let again = sync(&fake, &lake, options(streams.clone(), START, t2)).await;
-    assert!(again.streams.iter().all(|s| s.status == StreamStatus::UpToDate));
+    assert!(
+        again
+            .streams
+            .iter()
+            .all(|s| s.status == StreamStatus::UpToDate)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,19 +264,28 @@ async fn cut_off_responses_rate_limits_and_random_errors_still_give_exact_result
     for s in &streams {
         assert_exact(&fake, &lake, s, START, end).await;
     }
-    let send = report.streams.iter().find(|s| s.stream == "email_send").unwrap();
-    assert!(send.window_retries >= 2, "cut-off windows were retried: {send:?}");
+    let send = report
+        .streams
+        .iter()
+        .find(|s| s.stream == "email_send")
+        .unwrap();
+    assert!(
+        send.window_retries >= 2,
+        "cut-off windows were retried: {send:?}"
+    );
     assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_sync_to_s3_gives_the_same_rows_and_duckdb_reads_them() {
-    let Some(s3) = support::require_s3() else { return };
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
     let fake = FakeIterable::start(FakeConfig::small(4)).await.unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
     let bucket = s3.new_bucket().await;
-    let s3_lake = LakeStore::open(&format!("s3://{bucket}/lake")).unwrap();
+    let s3_lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let local = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let streams: Vec<_> = STREAMS.iter().collect();
@@ -241,22 +293,42 @@ async fn the_same_sync_to_s3_gives_the_same_rows_and_duckdb_reads_them() {
     sync(&fake, &local, options(streams.clone(), START, end)).await;
     for s in &streams {
         assert_exact(&fake, &s3_lake, s, START, end).await;
-        assert_eq!(lake_contents(&s3_lake, s).await, lake_contents(&local, s).await, "{}", s.name);
+        assert_eq!(
+            lake_contents(&s3_lake, s).await,
+            lake_contents(&local, s).await,
+            "{}",
+            s.name
+        );
     }
     let send = catalog::find("email_send").unwrap();
     let want = truth(&fake, send, START, end).1;
     let sql = format!(
         "SELECT CAST(date AS VARCHAR), count(*), typeof(any_value(createdAt)), typeof(any_value(campaignId)) \
-         FROM read_parquet('s3://{bucket}/lake/email_send/**/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
+         FROM read_parquet('{}', hive_partitioning=true) GROUP BY 1 ORDER BY 1",
+        bucket.s3_url("lake/email_send/**/*.parquet")
     );
-    let Some(result) = support::duckdb(&sql) else { return };
+    let Some(result) = support::duckdb(&sql) else {
+        return;
+    };
     let got: BTreeMap<NaiveDate, u64> = result
         .rows
         .iter()
-        .map(|r| (r[0].as_str().unwrap().parse().unwrap(), r[1].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().parse().unwrap(),
+                r[1].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(got, want);
-    assert!(result.rows.iter().all(|r| r[2] == "TIMESTAMP WITH TIME ZONE" && r[3] == "BIGINT"), "{:?}", result.rows);
+    assert!(
+        result
+            .rows
+            .iter()
+            .all(|r| r[2] == "TIMESTAMP WITH TIME ZONE" && r[3] == "BIGINT"),
+        "{:?}",
+        result.rows
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +350,9 @@ async fn duckdb_reads_every_local_stream_with_hive_partitions_and_declared_types
             )
         })
         .collect();
-    let Some(result) = support::duckdb(&(union.join(" UNION ALL ") + " ORDER BY 1")) else { return };
+    let Some(result) = support::duckdb(&(union.join(" UNION ALL ") + " ORDER BY 1")) else {
+        return;
+    };
     assert_eq!(result.rows.len(), STREAMS.len());
     for row in &result.rows {
         let s = catalog::find(row[0].as_str().unwrap()).unwrap();
