@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
