@@ -361,3 +361,26 @@ async fn duckdb_reads_every_local_stream_with_hive_partitions_and_declared_types
         assert_eq!(row[3], "TIMESTAMP WITH TIME ZONE", "{}", s.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_unsubscribe_falls_back_to_the_spelling_the_server_accepts() {
+    let mut cfg = FakeConfig::small(6);
+    cfg.faults.rejected_data_types = vec!["emailUnSubscribe".into()];
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let end = t("2024-01-04T00:00:00Z");
+    fake.set_now(end);
+    let unsub = catalog::find("email_unsubscribe").unwrap();
+    let mut opts = options(vec![unsub], START, end);
+    opts.window.initial_days = 1;
+    let report = sync(&fake, &lake, opts).await;
+    let windows = report.streams[0].windows;
+    assert!(windows >= 2, "{windows}");
+    assert_exact(&fake, &lake, unsub, START, end).await;
+    assert_eq!(
+        fake.requests("/api/export/data.json"),
+        windows + 1,
+        "one rejected request, then the accepted spelling for every window"
+    );
+}
