@@ -26,7 +26,8 @@ use crate::manifest::{LiveFile, Manifest, ManifestError, Quarantined, StreamStat
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, WriterLimits, WrittenFile, day_of, partition_day,
 };
-use crate::source::export::{ExportFetcher, FetchError, Window};
+use crate::source::FetchError;
+use crate::source::export::{ExportFetcher, Window};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Unreferenced files younger than this may belong to a run in progress and are kept.

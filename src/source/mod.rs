@@ -1,3 +1,55 @@
-//! Endpoint families: each builds its requests and turns responses into record batches.
+//! Endpoint families: each builds its requests and hands response bodies to the pipeline.
 
 pub mod export;
+pub mod pipeline;
+
+use crate::api::ApiError;
+use crate::sink::WriteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request failed: {0}")]
+    Api(#[from] ApiError),
+    #[error("response cut off after {bytes} bytes: {source}")]
+    CutOff { bytes: u64, source: reqwest::Error },
+    #[error("decoding: {0}")]
+    Decode(arrow::error::ArrowError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("a pipeline task stopped: {0}")]
+    Task(String),
+    #[error("unexpected response from {url}: {problem}")]
+    Shape { url: String, problem: String },
+}
+
+impl From<reqwest::Error> for FetchError {
+    /// An error while reading a response body: the connection was cut off.
+    fn from(source: reqwest::Error) -> Self {
+        FetchError::CutOff {
+            bytes: 0,
+            source: source.without_url(),
+        }
+    }
+}
+
+impl From<std::convert::Infallible> for FetchError {
+    fn from(e: std::convert::Infallible) -> Self {
+        match e {}
+    }
+}
+
+impl FetchError {
+    /// Whether a smaller window may succeed where this one failed.
+    pub fn is_splittable(&self) -> bool {
+        match self {
+            FetchError::CutOff { .. } => true,
+            FetchError::Api(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// Whether no request can succeed (the key is unusable).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, FetchError::Api(ApiError::Unauthorized { .. }))
+    }
+}
