@@ -24,7 +24,8 @@ use crate::catalog::{StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
 use crate::manifest::{LiveFile, Manifest, ManifestError, Quarantined, StreamState};
 use crate::sink::{
-    FileNamer, LakeStore, PartitionedWriter, WriterLimits, WrittenFile, day_of, partition_day,
+    FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
+    partition_day,
 };
 use crate::source::FetchError;
 use crate::source::export::{ExportFetcher, Window};
@@ -442,8 +443,11 @@ impl StreamCtx<'_> {
                 self.run.lake.clone(),
                 dir.to_string(),
                 self.schema.arrow.clone(),
-                self.cursor_column,
-                day_of(w.start),
+                Partitioning::CursorDate {
+                    column: self.cursor_column,
+                    fallback_day: day_of(w.start),
+                },
+                Some(self.cursor_column),
                 self.namer.clone(),
                 self.opts().limits,
             );

@@ -5,6 +5,6 @@ pub mod writer;
 
 pub use store::{LakeStore, StoreError};
 pub use writer::{
-    FileNamer, PartitionedWriter, WriteError, WriterLimits, WrittenFile, date_partition, day_of,
-    partition_day,
+    FileNamer, PartitionedWriter, Partitioning, WriteError, WriterLimits, WrittenFile,
+    date_partition, day_of, partition_day,
 };

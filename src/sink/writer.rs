@@ -1,9 +1,9 @@
 //! Date-partitioned Parquet files through `object_store`.
 //!
 //! One [`PartitionedWriter`] writes one fetch (one request's records) of one stream: batches
-//! are split by the UTC date of the cursor column, each date gets its own file under
-//! `<dir>/date=YYYY-MM-DD/part-<run>-<n>.parquet`, files roll over at a size limit, and at
-//! most a few files are open at once. The caller decides whether the files become live (it
+//! are split by partition (for dated streams the UTC date of the cursor column), each
+//! partition gets its own file under `<dir>/<partition>/part-<run>-<n>.parquet`, files roll
+//! over at a size limit, and at most a few files are open at once. The caller decides whether the files become live (it
 //! commits them to the manifest) or are thrown away ([`PartitionedWriter::abort`]).
 //!
 //! Memory: each open file holds at most one row group in progress (flushed at
@@ -98,8 +98,18 @@ pub fn day_of(micros: i64) -> i64 {
     micros.div_euclid(MICROS_PER_DAY)
 }
 
+/// How a writer spreads rows over partition folders.
+#[derive(Debug, Clone)]
+pub enum Partitioning {
+    /// `date=YYYY-MM-DD`: the UTC date of this timestamp column; rows without one go to the
+    /// folder of `fallback_day`.
+    CursorDate { column: usize, fallback_day: i64 },
+    /// Every row in one folder below the writer's; empty for the writer's folder itself.
+    Fixed(String),
+}
+
 struct OpenFile {
-    day: i64,
+    partition: String,
     path: Path,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
@@ -135,9 +145,9 @@ pub struct PartitionedWriter {
     /// The stream's folder (and snapshot partition, if any), relative to the lake's root.
     dir: String,
     schema: SchemaRef,
-    cursor_column: usize,
-    /// Rows without a cursor go to this day's partition.
-    fallback_day: i64,
+    partitioning: Partitioning,
+    /// The timestamp column whose range each file records.
+    cursor_column: Option<usize>,
     namer: Arc<FileNamer>,
     limits: WriterLimits,
     props: WriterProperties,
@@ -151,8 +161,8 @@ impl PartitionedWriter {
         lake: LakeStore,
         dir: String,
         schema: SchemaRef,
-        cursor_column: usize,
-        fallback_day: i64,
+        partitioning: Partitioning,
+        cursor_column: Option<usize>,
         namer: Arc<FileNamer>,
         limits: WriterLimits,
     ) -> Self {
@@ -168,8 +178,8 @@ impl PartitionedWriter {
             lake,
             dir,
             schema,
+            partitioning,
             cursor_column,
-            fallback_day,
             namer,
             limits,
             props,
@@ -179,25 +189,35 @@ impl PartitionedWriter {
         }
     }
 
-    /// Write a batch, splitting it by the UTC date of its cursor.
+    /// Write a batch, splitting it by partition.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), WriteError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let (column, fallback_day) = match &self.partitioning {
+            Partitioning::Fixed(folder) => {
+                let folder = folder.clone();
+                return self.write_part(folder, batch).await;
+            }
+            Partitioning::CursorDate {
+                column,
+                fallback_day,
+            } => (*column, *fallback_day),
+        };
         let cursor = batch
-            .column(self.cursor_column)
+            .column(column)
             .as_primitive::<TimestampMicrosecondType>()
             .clone();
         let day_at = |i: usize| {
             if cursor.is_valid(i) {
                 day_of(cursor.value(i))
             } else {
-                self.fallback_day
+                fallback_day
             }
         };
         let first = day_at(0);
         if (1..batch.num_rows()).all(|i| day_at(i) == first) {
-            return self.write_day(first, batch).await;
+            return self.write_part(date_partition(first), batch).await;
         }
         let mut by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
@@ -205,14 +225,18 @@ impl PartitionedWriter {
         }
         for (day, rows) in by_day {
             let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
-            self.write_day(day, part).await?;
+            self.write_part(date_partition(day), part).await?;
         }
         Ok(())
     }
 
-    async fn write_day(&mut self, day: i64, batch: RecordBatch) -> Result<(), WriteError> {
+    async fn write_part(
+        &mut self,
+        partition: String,
+        batch: RecordBatch,
+    ) -> Result<(), WriteError> {
         self.writes += 1;
-        let idx = match self.open.iter().position(|f| f.day == day) {
+        let idx = match self.open.iter().position(|f| f.partition == partition) {
             Some(i) => i,
             None => {
                 if self.open.len() >= self.limits.max_open_files {
@@ -222,12 +246,15 @@ impl PartitionedWriter {
                     let file = self.open.swap_remove(lru);
                     self.close(file).await?;
                 }
-                let file = self.create(day)?;
+                let file = self.create(partition)?;
                 self.open.push(file);
                 self.open.len() - 1
             }
         };
-        let (min, max) = cursor_range(&batch, self.cursor_column);
+        let (min, max) = match self.cursor_column {
+            Some(c) => cursor_range(&batch, c),
+            None => (None, None),
+        };
         let file = &mut self.open[idx];
         file.last_write = self.writes;
         file.rows += batch.num_rows() as u64;
@@ -257,8 +284,13 @@ impl PartitionedWriter {
         Ok(())
     }
 
-    fn create(&self, day: i64) -> Result<OpenFile, WriteError> {
-        let relative = format!("{}/{}/{}", self.dir, date_partition(day), self.namer.name());
+    fn create(&self, partition: String) -> Result<OpenFile, WriteError> {
+        let relative = [self.dir.as_str(), partition.as_str(), &self.namer.name()]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
         let path = self.lake.path(&relative);
         let out = BufWriter::with_capacity(
             self.lake.store.clone(),
@@ -271,7 +303,7 @@ impl PartitionedWriter {
                 source,
             })?;
         Ok(OpenFile {
-            day,
+            partition,
             path,
             writer,
             rows: 0,
@@ -301,7 +333,7 @@ impl PartitionedWriter {
             })?;
         let relative = self.lake.relative(&file.path);
         self.done.push(WrittenFile {
-            partition: partition_of(&relative, &self.dir),
+            partition: file.partition,
             path: relative,
             rows: file.rows,
             bytes: meta.size,
@@ -328,15 +360,6 @@ impl PartitionedWriter {
         for file in self.done {
             let _ = self.lake.store.delete(&self.lake.path(&file.path)).await;
         }
-    }
-}
-
-fn partition_of(relative: &str, dir: &str) -> String {
-    let inside = relative.strip_prefix(dir).unwrap_or(relative);
-    let inside = inside.trim_start_matches('/');
-    match inside.rsplit_once('/') {
-        Some((partition, _)) => partition.to_string(),
-        None => String::new(),
     }
 }
 
@@ -389,9 +412,92 @@ mod tests {
         );
         assert_eq!(partition_day("date=2024-01-02"), Some(day));
         assert_eq!(partition_day("snapshot_date=2024-05-01"), None);
-        assert_eq!(
-            partition_of("s/date=2024-01-02/part-1.parquet", "s"),
-            "date=2024-01-02"
+    }
+
+    fn batch(days: &[i64]) -> RecordBatch {
+        let ts = arrow::array::TimestampMicrosecondArray::from(
+            days.iter()
+                .map(|d| d * MICROS_PER_DAY + 5)
+                .collect::<Vec<_>>(),
+        )
+        .with_timezone("UTC");
+        RecordBatch::try_from_iter([("t", Arc::new(ts) as arrow::array::ArrayRef)]).unwrap()
+    }
+
+    async fn write_all(partitioning: Partitioning, batches: &[RecordBatch]) -> Vec<WrittenFile> {
+        let lake = LakeStore::in_memory();
+        let limits = WriterLimits {
+            max_open_files: 2,
+            ..WriterLimits::default()
+        };
+        let mut w = PartitionedWriter::new(
+            lake.clone(),
+            "s".into(),
+            batches[0].schema(),
+            partitioning,
+            Some(0),
+            FileNamer::new("r1"),
+            limits,
         );
+        for b in batches {
+            w.write(b.clone()).await.unwrap();
+        }
+        let mut files = w.finish().await.unwrap();
+        for f in &files {
+            let meta = lake.store.head(&lake.path(&f.path)).await.unwrap();
+            assert_eq!(meta.size, f.bytes);
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    #[tokio::test]
+    async fn splits_by_date_and_closes_the_least_recent_file_past_the_limit() {
+        let files = write_all(
+            Partitioning::CursorDate {
+                column: 0,
+                fallback_day: 0,
+            },
+            &[batch(&[1, 2, 1]), batch(&[3]), batch(&[1])],
+        )
+        .await;
+        let got: Vec<(&str, &str, u64)> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.partition.as_str(), f.rows))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "s/date=1970-01-02/part-r1-00000.parquet",
+                    "date=1970-01-02",
+                    2
+                ),
+                (
+                    "s/date=1970-01-02/part-r1-00003.parquet",
+                    "date=1970-01-02",
+                    1
+                ),
+                (
+                    "s/date=1970-01-03/part-r1-00001.parquet",
+                    "date=1970-01-03",
+                    1
+                ),
+                (
+                    "s/date=1970-01-04/part-r1-00002.parquet",
+                    "date=1970-01-04",
+                    1
+                ),
+            ]
+        );
+        assert_eq!(files[0].min_cursor, Some(MICROS_PER_DAY + 5));
+    }
+
+    #[tokio::test]
+    async fn a_fixed_partition_writes_one_folder() {
+        let files = write_all(Partitioning::Fixed(String::new()), &[batch(&[1, 2])]).await;
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "s/part-r1-00000.parquet");
+        assert_eq!((files[0].partition.as_str(), files[0].rows), ("", 2));
     }
 }
