@@ -1,11 +1,10 @@
 //! Shared helpers for every integration test: the S3 server (moto, started by
 //! `scripts/test.sh`), object stores over it and over local temp dirs, and DuckDB read-back.
 //!
-//! Tests that need S3 or DuckDB begin with
-//! `let Some(s3) = support::require_s3() else { return };` (or use `duckdb(..)?`-style
-//! `let Some(result) = support::duckdb(..) else { return };`). Outside CI a missing tool
-//! prints `skipped: …` and the test returns early; with `CI=true` it panics instead, so CI
-//! can never pass by skipping.
+//! Tests that need S3 begin with `let Some(s3) = support::require_s3() else { return };`,
+//! and read back with `let Some(result) = support::duckdb(sql) else { return };`. Outside CI
+//! a missing tool prints `skipped: …` and the test returns early; with `CI=true` it panics
+//! instead, so CI can never pass by skipping.
 
 #![allow(dead_code)] // each test module uses its own subset
 
