@@ -25,6 +25,7 @@ use arrow::record_batch::RecordBatch;
 use rustc_hash::FxHashMap;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
 
 use super::schema::{Column, Kind, StreamSchema, UTC};
 use super::timestamp::{from_epoch_millis, parse_instant};
@@ -102,14 +103,28 @@ impl Decoder {
         let mut row = Row::new(self.nodes.len());
         let mut malformed = 0;
         let mut rows = 0;
-        for line in chunk.split(|&c| c == b'\n') {
+        // Validate UTF-8 once for the chunk, so the parser need not for every string.
+        let lines: Box<dyn Iterator<Item = (Option<&str>, &[u8])>> =
+            match std::str::from_utf8(chunk) {
+                Ok(text) => Box::new(text.split('\n').map(|l| (Some(l), l.as_bytes()))),
+                Err(_) => Box::new(
+                    chunk
+                        .split(|&c| c == b'\n')
+                        .map(|l| (std::str::from_utf8(l).ok(), l)),
+                ),
+            };
+        for (text, line) in lines {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let text = text.map(|t| t.strip_suffix('\r').unwrap_or(t));
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             rows += 1;
             row.clear();
-            let parsed = self.visit_line(line, &mut row);
+            let parsed = match text {
+                Some(text) => self.visit_line(text, &mut row),
+                None => Err(()),
+            };
             if parsed.is_err() {
                 malformed += 1;
                 row.clear();
@@ -125,7 +140,7 @@ impl Decoder {
                 None => extra.append_null(),
             }
             if self.schema.with_event_id {
-                event_id.append_value(self.identity(line, &mut row, parsed.is_ok()));
+                event_id.append_value(self.identity(line, &row, parsed.is_ok()));
             }
         }
         let mut columns: Vec<ArrayRef> = self
@@ -144,21 +159,27 @@ impl Decoder {
         Ok(Decoded { batch, malformed })
     }
 
-    fn visit_line<'a>(&self, line: &'a [u8], row: &mut Row<'a>) -> Result<(), serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_slice(line);
+    fn visit_line<'a>(&self, line: &'a str, row: &mut Row<'a>) -> Result<(), ()> {
+        let mut de = serde_json::Deserializer::from_str(line);
         ObjectSeed {
             decoder: self,
             scope: Scope::Top,
             row,
         }
-        .deserialize(&mut de)?;
-        de.end()
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|_| ())
     }
 
     /// Route one key/value pair into a slot, or into `_extra`.
     fn route<'a>(&self, scope: Scope, key: Cow<'a, str>, raw: &'a RawValue, row: &mut Row<'a>) {
-        if let Scope::Top = scope {
-            row.identity.push((key.clone(), raw));
+        if let Scope::Top = scope
+            && !key.starts_with("itblInternal")
+        {
+            let seed = xxh3_64(key.as_bytes());
+            row.identity = row
+                .identity
+                .wrapping_add(xxh3_128_with_seed(raw.get().as_bytes(), seed));
         }
         let id = match scope {
             Scope::Top => self.lookup.get(key.as_ref()),
@@ -213,22 +234,14 @@ impl Decoder {
     }
 
     /// A stable hash of the event: its data type and every top-level field but Iterable's
-    /// internal bookkeeping (`itblInternal…`), order-independent.
-    fn identity(&self, line: &[u8], row: &mut Row<'_>, parsed: bool) -> String {
+    /// internal bookkeeping (`itblInternal…`). Each field's hash is added up, so the order of
+    /// the fields does not matter; a line that is not JSON is hashed as it is.
+    fn identity(&self, line: &[u8], row: &Row<'_>, parsed: bool) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(self.identity_salt.as_bytes());
         h.update(&[0]);
         if parsed {
-            row.identity.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (k, v) in &row.identity {
-                if k.starts_with("itblInternal") {
-                    continue;
-                }
-                h.update(k.as_bytes());
-                h.update(&[0]);
-                h.update(v.get().as_bytes());
-                h.update(&[0]);
-            }
+            h.update(&row.identity.to_le_bytes());
         } else {
             h.update(line);
         }
@@ -327,7 +340,8 @@ struct Row<'a> {
     present: Vec<bool>,
     extra: Vec<(String, &'a RawValue)>,
     extra_owned: Vec<(String, String)>,
-    identity: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The sum of the hashes of the fields that make the event's identity.
+    identity: u128,
 }
 
 impl<'a> Row<'a> {
@@ -337,7 +351,7 @@ impl<'a> Row<'a> {
             present: vec![false; n],
             extra: Vec::new(),
             extra_owned: Vec::new(),
-            identity: Vec::new(),
+            identity: 0,
         }
     }
 
@@ -346,7 +360,7 @@ impl<'a> Row<'a> {
         self.present.fill(false);
         self.extra.clear();
         self.extra_owned.clear();
-        self.identity.clear();
+        self.identity = 0;
     }
 
     fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a RawValue) {
@@ -846,6 +860,22 @@ mod tests {
         assert_eq!(
             extra(&d, 3).unwrap(),
             serde_json::json!({MALFORMED_LINE: "{\"email\":\"b\""})
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_spoils_only_its_own_line() {
+        let schema = Arc::new(StreamSchema::parse("t", SCHEMA, true).unwrap());
+        let d = Decoder::new(schema, 7, "emailSend")
+            .decode(b"{\"email\":\"a\"}\n{\"email\":\"\xff\"}\n{\"email\":\"c\"}")
+            .unwrap();
+        assert_eq!(d.batch.num_rows(), 3);
+        assert_eq!(d.malformed, 1);
+        let e = d.batch.column_by_name("email").unwrap().as_string::<i32>();
+        assert_eq!((e.value(0), e.is_null(1), e.value(2)), ("a", true, "c"));
+        assert_eq!(
+            extra(&d, 1).unwrap(),
+            serde_json::json!({MALFORMED_LINE: "{\"email\":\"\u{fffd}\"}"})
         );
     }
 
