@@ -48,6 +48,30 @@ pub enum Source {
         data_type: &'static str,
         alt_data_type: Option<&'static str>,
     },
+    /// A JSON document whose array `records` holds the records. `paged`: sent with
+    /// `page`/`pageSize` and followed while the response has a `nextPageUrl`. `per_template_kind`:
+    /// read once per `templateType` × `messageMedium`, both added to each record.
+    Json {
+        path: &'static str,
+        records: &'static str,
+        paged: bool,
+        per_template_kind: bool,
+    },
+    /// `GET /api/lists/getUsers` for every list: text, one member per line.
+    ListUsers,
+    /// `GET /api/metadata`, each table's keys (paged by `nextMarker`), each key's value.
+    Metadata,
+}
+
+/// How a stream's files are laid out below its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `date=YYYY-MM-DD` folders by the UTC date of the cursor; windowed, incremental.
+    Dated,
+    /// A snapshot of the whole stream, rewritten by each run.
+    Snapshot,
+    /// A snapshot per list, in `list_id=N` folders.
+    PerList,
 }
 
 /// One row of the catalog.
@@ -56,7 +80,9 @@ pub struct StreamDef {
     /// The stream's name: its folder in the lake and its name on the command line.
     pub name: &'static str,
     pub source: Source,
-    /// The record field whose UTC date partitions the stream and whose value is the cursor.
+    pub layout: Layout,
+    /// For dated streams, the record field whose UTC date partitions the stream and whose
+    /// value is the cursor; empty for snapshots.
     pub cursor_field: &'static str,
     /// Fields identifying a record; empty for event streams, whose identity is `_event_id`.
     pub primary_key: &'static [&'static str],
@@ -71,10 +97,21 @@ impl StreamDef {
         self.primary_key.is_empty()
     }
 
-    /// The Iterable export data type, for export streams.
+    /// The Iterable export data type for export streams; the stream's name for the others.
     pub fn data_type(&self) -> &'static str {
         match self.source {
             Source::Export { data_type, .. } => data_type,
+            _ => self.name,
+        }
+    }
+
+    /// The sync modes the stream supports.
+    pub fn modes(&self) -> &'static [SyncMode] {
+        match self.layout {
+            Layout::Dated => &SyncMode::ALL,
+            Layout::Snapshot | Layout::PerList => {
+                &[SyncMode::FullRefreshOverwrite, SyncMode::FullRefreshAppend]
+            }
         }
     }
 }
@@ -90,6 +127,7 @@ macro_rules! event {
                 data_type: $data_type,
                 alt_data_type: $alt,
             },
+            layout: Layout::Dated,
             cursor_field: "createdAt",
             primary_key: &[],
             default_mode: SyncMode::Incremental,
@@ -98,7 +136,30 @@ macro_rules! event {
     };
 }
 
-/// Every stream, in the order the spec lists the export data types.
+macro_rules! snapshot {
+    ($name:literal, $source:expr, $layout:expr, $key:expr) => {
+        StreamDef {
+            name: $name,
+            source: $source,
+            layout: $layout,
+            cursor_field: "",
+            primary_key: $key,
+            default_mode: SyncMode::FullRefreshOverwrite,
+            schema: include_str!(concat!("../schemas/", $name, ".json")),
+        }
+    };
+}
+
+const fn json(path: &'static str, records: &'static str, paged: bool) -> Source {
+    Source::Json {
+        path,
+        records,
+        paged,
+        per_template_kind: false,
+    }
+}
+
+/// Every stream: the export data types in the spec's order, then the list-style endpoints.
 pub static STREAMS: &[StreamDef] = &[
     event!("email_send", "emailSend"),
     event!("email_open", "emailOpen"),
@@ -144,6 +205,7 @@ pub static STREAMS: &[StreamDef] = &[
             data_type: "user",
             alt_data_type: None,
         },
+        layout: Layout::Dated,
         cursor_field: "profileUpdatedAt",
         primary_key: &["email", "userId"],
         default_mode: SyncMode::Incremental,
@@ -165,6 +227,28 @@ pub static STREAMS: &[StreamDef] = &[
     event!("whatsapp_send", "whatsAppSend"),
     event!("whatsapp_send_skip", "whatsAppSendSkip"),
     event!("whatsapp_usage_info", "whatsAppUsageInfo"),
+    snapshot!("lists", json("lists", "lists", false), Layout::Snapshot, &["id"]),
+    snapshot!("list_users", Source::ListUsers, Layout::PerList, &["listId", "email", "userId"]),
+    snapshot!("campaigns", json("campaigns", "campaigns", true), Layout::Snapshot, &["id"]),
+    snapshot!("channels", json("channels", "channels", false), Layout::Snapshot, &["id"]),
+    snapshot!(
+        "message_types",
+        json("messageTypes", "messageTypes", false),
+        Layout::Snapshot,
+        &["id"]
+    ),
+    snapshot!(
+        "templates",
+        Source::Json {
+            path: "templates",
+            records: "templates",
+            paged: true,
+            per_template_kind: true,
+        },
+        Layout::Snapshot,
+        &["templateId"]
+    ),
+    snapshot!("metadata", Source::Metadata, Layout::Snapshot, &["table", "key"]),
 ];
 
 /// The stream with this name.
@@ -179,7 +263,13 @@ pub fn by_data_type(data_type: &str) -> Option<&'static StreamDef> {
             data_type: d,
             alt_data_type,
         } => d == data_type || alt_data_type == Some(data_type),
+        _ => false,
     })
+}
+
+/// The export streams (one per export data type).
+pub fn export_streams() -> impl Iterator<Item = &'static StreamDef> {
+    STREAMS.iter().filter(|s| s.layout == Layout::Dated)
 }
 
 #[cfg(test)]
@@ -200,7 +290,7 @@ mod tests {
         for t in &types {
             assert!(by_data_type(t).is_some(), "no stream for {t}");
         }
-        assert_eq!(STREAMS.len(), types.len());
+        assert_eq!(export_streams().count(), types.len());
         let mut names: Vec<&str> = STREAMS.iter().map(|s| s.name).collect();
         names.sort();
         names.dedup();

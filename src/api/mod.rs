@@ -61,6 +61,8 @@ impl Region {
 pub enum Family {
     /// `export/data.json` and `export/data.csv`: 4 requests per minute per project.
     Export,
+    /// `lists/getUsers`: 5 requests per minute per project.
+    ListUsers,
     /// Generous endpoints with no shared limiter.
     Other,
 }
@@ -88,6 +90,7 @@ pub struct ClientConfig {
     pub base_url: Url,
     pub key: ApiKey,
     pub export_requests_per_minute: u32,
+    pub list_users_requests_per_minute: u32,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// The longest wait for the next bytes of a response.
@@ -100,6 +103,7 @@ impl ClientConfig {
             base_url,
             key,
             export_requests_per_minute: 4,
+            list_users_requests_per_minute: 5,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(300),
@@ -130,12 +134,8 @@ pub enum ApiError {
     },
     #[error("building the HTTP client: {0}")]
     Client(reqwest::Error),
-    #[error("bad URL {path:?} under {base}: {source}")]
-    Url {
-        base: String,
-        path: String,
-        source: url::ParseError,
-    },
+    #[error("cannot add {path:?} to the base URL {base}")]
+    Url { base: String, path: String },
 }
 
 impl ApiError {
@@ -170,8 +170,17 @@ pub struct ApiClient {
     base: Url,
     key: ApiKey,
     export_limiter: Arc<DefaultDirectRateLimiter>,
+    list_users_limiter: Arc<DefaultDirectRateLimiter>,
     retry: RetryPolicy,
     pub stats: Arc<ApiStats>,
+}
+
+/// A limiter of `per_minute` requests, one at a time (no bursts).
+fn per_minute(per_minute: u32) -> Arc<DefaultDirectRateLimiter> {
+    let n = NonZeroU32::new(per_minute.max(1)).expect("max(1)");
+    Arc::new(RateLimiter::direct(
+        Quota::per_minute(n).allow_burst(NonZeroU32::MIN),
+    ))
 }
 
 impl fmt::Debug for ApiClient {
@@ -190,8 +199,6 @@ impl ApiClient {
             .user_agent(concat!("iterable-lake/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(ApiError::Client)?;
-        let per_minute = NonZeroU32::new(cfg.export_requests_per_minute.max(1)).expect("max(1)");
-        let quota = Quota::per_minute(per_minute).allow_burst(NonZeroU32::MIN);
         let mut base = cfg.base_url;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -200,7 +207,8 @@ impl ApiClient {
             http,
             base,
             key: cfg.key,
-            export_limiter: Arc::new(RateLimiter::direct(quota)),
+            export_limiter: per_minute(cfg.export_requests_per_minute),
+            list_users_limiter: per_minute(cfg.list_users_requests_per_minute),
             retry: cfg.retry,
             stats: Arc::default(),
         })
@@ -210,12 +218,15 @@ impl ApiClient {
         &self.base
     }
 
-    fn url(&self, path: &str, query: &[(&str, String)]) -> Result<Url, ApiError> {
-        let mut url = self.base.join(path).map_err(|source| ApiError::Url {
-            base: self.base.to_string(),
-            path: path.to_string(),
-            source,
-        })?;
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url, ApiError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ApiError::Url {
+                base: self.base.to_string(),
+                path: segments.join("/"),
+            })?
+            .pop_if_empty()
+            .extend(segments);
         if !query.is_empty() {
             url.query_pairs_mut()
                 .extend_pairs(query.iter().map(|(k, v)| (k, v.as_str())));
@@ -232,13 +243,27 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<reqwest::Response, ApiError> {
-        let url = self.url(path, query)?;
+        let segments: Vec<&str> = path.split('/').collect();
+        self.get_segments(family, &segments, query).await
+    }
+
+    /// Like [`get`](Self::get), with the path given as segments, each percent-encoded (for
+    /// user-provided names such as metadata keys).
+    pub async fn get_segments(
+        &self,
+        family: Family,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = self.url(segments, query)?;
         let shown = display_url(&url);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            if family == Family::Export {
-                self.export_limiter.until_ready().await;
+            match family {
+                Family::Export => self.export_limiter.until_ready().await,
+                Family::ListUsers => self.list_users_limiter.until_ready().await,
+                Family::Other => {}
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = self
@@ -347,6 +372,13 @@ mod tests {
         let client = ApiClient::new(cfg).unwrap();
         assert!(!format!("{client:?}").contains("secret"));
         assert_eq!(client.base_url().as_str(), "http://127.0.0.1:1/api/");
+        let url = client
+            .url(&["metadata", "a/b c", "k"], &[("nextMarker", "x y".into())])
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:1/api/metadata/a%2Fb%20c/k?nextMarker=x+y"
+        );
         assert!(ApiKey::new("  ").is_none());
     }
 

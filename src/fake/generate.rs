@@ -381,7 +381,7 @@ impl Generator {
             mid_ms: start_ms + (end_ms - start_ms) / 2,
             end_ms,
             people,
-            plans: STREAMS.iter().map(Plan::new).collect(),
+            plans: catalog::export_streams().map(Plan::new).collect(),
         }
     }
 

@@ -53,7 +53,10 @@ impl ExportFetcher {
         let Source::Export {
             data_type,
             alt_data_type,
-        } = self.stream.source;
+        } = self.stream.source
+        else {
+            unreachable!("export fetchers are made for export streams only")
+        };
         if self.use_alt_spelling.load(Ordering::Relaxed) {
             (alt_data_type.unwrap_or(data_type), None)
         } else {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use iterable_lake::catalog::STREAMS;
+use iterable_lake::catalog::{self, STREAMS};
 use iterable_lake::fake::{FakeConfig, FakeIterable, Faults};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iterable-lake");
@@ -260,7 +260,7 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
     let manifest = iterable_lake::manifest::Manifest::load(&lake)
         .await
         .unwrap();
-    for s in STREAMS {
+    for s in catalog::export_streams() {
         let state = &manifest.streams[s.name];
         let want: u64 = fake
             .truth_counts(

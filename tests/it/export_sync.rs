@@ -10,7 +10,7 @@ use arrow::array::AsArray;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
-use iterable_lake::catalog::{self, STREAMS, StreamDef};
+use iterable_lake::catalog::{self, StreamDef};
 use iterable_lake::convert::{Decoder, StreamSchema};
 use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults};
 use iterable_lake::manifest::Manifest;
@@ -187,10 +187,10 @@ async fn every_export_stream_lands_exactly_once_on_local_disk() {
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
-    let report = sync(&fake, &lake, options(STREAMS.iter().collect(), START, end)).await;
+    let report = sync(&fake, &lake, options(catalog::export_streams().collect(), START, end)).await;
     assert_eq!(report.streams.len(), 51);
     assert!(report.streams.iter().map(|s| s.rows).sum::<u64>() > 1000);
-    for s in STREAMS {
+    for s in catalog::export_streams() {
         assert_exact(&fake, &lake, s, START, end).await;
     }
     let manifest = Manifest::load(&lake).await.unwrap();
@@ -288,7 +288,7 @@ async fn the_same_sync_to_s3_gives_the_same_rows_and_duckdb_reads_them() {
     let s3_lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let local = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
-    let streams: Vec<_> = STREAMS.iter().collect();
+    let streams: Vec<_> = catalog::export_streams().collect();
     sync(&fake, &s3_lake, options(streams.clone(), START, end)).await;
     sync(&fake, &local, options(streams.clone(), START, end)).await;
     for s in &streams {
@@ -338,10 +338,9 @@ async fn duckdb_reads_every_local_stream_with_hive_partitions_and_declared_types
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
-    sync(&fake, &lake, options(STREAMS.iter().collect(), START, end)).await;
+    sync(&fake, &lake, options(catalog::export_streams().collect(), START, end)).await;
     let root = dir.path().to_str().unwrap();
-    let union: Vec<String> = STREAMS
-        .iter()
+    let union: Vec<String> = catalog::export_streams()
         .map(|s| {
             format!(
                 "SELECT '{0}' AS stream, count(*) AS n, count(DISTINCT date) AS days, typeof(any_value({1})) AS ty \
@@ -353,7 +352,7 @@ async fn duckdb_reads_every_local_stream_with_hive_partitions_and_declared_types
     let Some(result) = support::duckdb(&(union.join(" UNION ALL ") + " ORDER BY 1")) else {
         return;
     };
-    assert_eq!(result.rows.len(), STREAMS.len());
+    assert_eq!(result.rows.len(), catalog::export_streams().count());
     for row in &result.rows {
         let s = catalog::find(row[0].as_str().unwrap()).unwrap();
         let want: u64 = truth(&fake, s, START, end).1.values().sum();
