@@ -189,6 +189,7 @@ pub(crate) struct Generator {
     end_ms: i64,
     people: Vec<Person>,
     plans: Vec<Plan>,
+    nested: Nested,
 }
 
 #[derive(Debug)]
@@ -351,6 +352,7 @@ struct Record {
 struct Ctx<'a> {
     rec: &'a Record,
     person: &'a Person,
+    nested: &'a Nested,
     mid_ms: i64,
     campaign: Option<i64>,
 }
@@ -382,6 +384,7 @@ impl Generator {
             end_ms,
             people,
             plans: catalog::export_streams().map(Plan::new).collect(),
+            nested: Nested::new(),
         }
     }
 
@@ -438,6 +441,7 @@ impl Generator {
             let mut ctx = Ctx {
                 rec,
                 person: &self.people[rec.user as usize],
+                nested: &self.nested,
                 mid_ms: self.mid_ms,
                 campaign: None,
             };
@@ -535,7 +539,7 @@ impl Generator {
         if plan.user {
             return self.scan_users(plan.salt, q, from, visit);
         }
-        if self.days == 0 || q.start_ms >= q.end_ms {
+        if self.people.is_empty() || q.start_ms >= q.end_ms {
             return ControlFlow::Continue(());
         }
         let day_of = |ms: i64| ms.saturating_sub(self.start_ms).div_euclid(DAY);
@@ -1053,9 +1057,7 @@ fn write_value(kind: &Gen, ctx: &mut Ctx, rng: &mut Rng, out: &mut Vec<u8>, scra
         }
         Gen::Blob(blob) => write_blob(*blob, rec.long_text, rng, out),
         Gen::TransactionalData => {
-            scratch.clear();
-            write_transactional(rec.long_text, rng, scratch);
-            push_escaped(out, scratch);
+            write_transactional(ctx.nested, rec.long_text, rng, out, scratch);
         }
         Gen::Drift => {
             let v = rng.range(0, 1000);
@@ -1189,27 +1191,83 @@ fn write_blob(blob: Blob, long_text: bool, rng: &mut Rng, out: &mut Vec<u8>) {
     }
 }
 
-/// The JSON text a `transactionalData` string holds.
-fn write_transactional(long_text: bool, rng: &mut Rng, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"orderId\":\"");
-    push_hex(out, rng, 12);
-    out.extend_from_slice(b"\",\"items\":[{\"sku\":\"sku-");
-    push_u64(out, rng.below(500));
-    out.extend_from_slice(b"\",\"name\":");
-    out.extend_from_slice(rng.pick(TEXT).as_bytes());
-    out.extend_from_slice(b",\"qty\":");
-    push_u64(out, 1 + rng.below(4));
-    out.extend_from_slice(b"}],\"total\":");
-    push_cents(out, rng.range(100, 100_000));
-    out.extend_from_slice(b",\"shipTo\":{\"city\":");
-    out.extend_from_slice(rng.pick(CITIES).as_bytes());
-    out.push(b'}');
-    if long_text {
-        out.extend_from_slice(b",\"note\":\"");
-        push_long_text(out, rng);
-        out.push(b'"');
+/// The fixed parts of the JSON text a `transactionalData` string holds, around its values.
+const TRANSACTIONAL_PARTS: [&str; 10] = [
+    "{\"orderId\":\"",
+    "\",\"items\":[{\"sku\":\"sku-",
+    "\",\"name\":",
+    ",\"qty\":",
+    "}],\"total\":",
+    ",\"shipTo\":{\"city\":",
+    "}",
+    ",\"note\":\"",
+    "\"",
+    "}",
+];
+
+/// What `transactionalData` is made of, escaped once more to sit inside a JSON string, so
+/// that the hot path copies instead of escaping byte by byte.
+#[derive(Debug)]
+struct Nested {
+    parts: Vec<Box<[u8]>>,
+    text: Vec<Box<[u8]>>,
+    cities: Vec<Box<[u8]>>,
+}
+
+impl Nested {
+    fn new() -> Nested {
+        let escape_all = |items: &[&str]| {
+            items
+                .iter()
+                .map(|item| {
+                    let mut out = Vec::new();
+                    push_escaped_content(&mut out, item.as_bytes());
+                    out.into_boxed_slice()
+                })
+                .collect()
+        };
+        Nested {
+            parts: escape_all(&TRANSACTIONAL_PARTS),
+            text: escape_all(TEXT),
+            cities: escape_all(CITIES),
+        }
     }
-    out.push(b'}');
+}
+
+/// A `transactionalData` value: a JSON string holding a JSON object.
+fn write_transactional(
+    nested: &Nested,
+    long_text: bool,
+    rng: &mut Rng,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) {
+    let part = |out: &mut Vec<u8>, i: usize| out.extend_from_slice(&nested.parts[i]);
+    out.push(b'"');
+    part(out, 0);
+    push_hex(out, rng, 12);
+    part(out, 1);
+    push_u64(out, rng.below(500));
+    part(out, 2);
+    let text = rng.pick(nested.text.as_slice());
+    out.extend_from_slice(text);
+    part(out, 3);
+    push_u64(out, 1 + rng.below(4));
+    part(out, 4);
+    push_cents(out, rng.range(100, 100_000));
+    part(out, 5);
+    let city = rng.pick(nested.cities.as_slice());
+    out.extend_from_slice(city);
+    part(out, 6);
+    if long_text {
+        part(out, 7);
+        scratch.clear();
+        push_long_text(scratch, rng);
+        push_escaped_content(out, scratch);
+        part(out, 8);
+    }
+    part(out, 9);
+    out.push(b'"');
 }
 
 /// 10–100 KB of JSON string content (no quotes) in several scripts.
@@ -1229,25 +1287,38 @@ fn push_long_text(out: &mut Vec<u8>, rng: &mut Rng) {
     }
 }
 
-/// Writes `text` (valid UTF-8 JSON text) as a JSON string literal.
+/// Writes `text` as a JSON string literal.
 fn push_escaped(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
-    for &b in text {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            0..0x20 => {
+    push_escaped_content(out, text);
+    out.push(b'"');
+}
+
+/// Writes `text` escaped for the inside of a JSON string literal.
+fn push_escaped_content(out: &mut Vec<u8>, text: &[u8]) {
+    let mut run = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let short: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\t' => Some(b"\\t"),
+            b'\r' => Some(b"\\r"),
+            0..0x20 => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&text[run..i]);
+        run = i + 1;
+        match short {
+            Some(escape) => out.extend_from_slice(escape),
+            None => {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[(b >> 4) as usize]);
                 out.push(HEX[(b & 0xF) as usize]);
             }
-            _ => out.push(b),
         }
     }
-    out.push(b'"');
+    out.extend_from_slice(&text[run..]);
 }
 
 /// `s` as a JSON string literal.
@@ -1260,13 +1331,17 @@ fn json_literal(s: &str) -> Box<[u8]> {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn push_hex(out: &mut Vec<u8>, rng: &mut Rng, len: usize) {
-    let mut bits = 0;
-    for i in 0..len {
-        if i % 16 == 0 {
-            bits = rng.next_u64();
+    let mut chunk = [0u8; 16];
+    let mut left = len;
+    while left > 0 {
+        let mut bits = rng.next_u64();
+        for c in &mut chunk {
+            *c = HEX[(bits & 0xF) as usize];
+            bits >>= 4;
         }
-        out.push(HEX[(bits & 0xF) as usize]);
-        bits >>= 4;
+        let n = left.min(16);
+        out.extend_from_slice(&chunk[..n]);
+        left -= n;
     }
 }
 
@@ -1292,13 +1367,15 @@ fn push_i64(out: &mut Vec<u8>, v: i64) {
 }
 
 /// `v` with leading zeros to `width` digits.
-fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
-    let start = out.len();
-    push_u64(out, v);
-    let len = out.len() - start;
-    if len < width {
-        out.splice(start..start, std::iter::repeat_n(b'0', width - len));
+fn push_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while v > 0 {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
     }
+    out.extend_from_slice(&digits[i.min(digits.len() - width.min(20))..]);
 }
 
 fn push_cents(out: &mut Vec<u8>, cents: i64) {

@@ -164,6 +164,7 @@ impl State {
         }
     }
 
+    /// The fake's clock: the instant of the last `FakeIterable::set_now`, else the wall clock.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock
             .lock()
