@@ -227,10 +227,30 @@ pub static STREAMS: &[StreamDef] = &[
     event!("whatsapp_send", "whatsAppSend"),
     event!("whatsapp_send_skip", "whatsAppSendSkip"),
     event!("whatsapp_usage_info", "whatsAppUsageInfo"),
-    snapshot!("lists", json("lists", "lists", false), Layout::Snapshot, &["id"]),
-    snapshot!("list_users", Source::ListUsers, Layout::PerList, &["listId", "email", "userId"]),
-    snapshot!("campaigns", json("campaigns", "campaigns", true), Layout::Snapshot, &["id"]),
-    snapshot!("channels", json("channels", "channels", false), Layout::Snapshot, &["id"]),
+    snapshot!(
+        "lists",
+        json("lists", "lists", false),
+        Layout::Snapshot,
+        &["id"]
+    ),
+    snapshot!(
+        "list_users",
+        Source::ListUsers,
+        Layout::PerList,
+        &["listId", "email", "userId"]
+    ),
+    snapshot!(
+        "campaigns",
+        json("campaigns", "campaigns", true),
+        Layout::Snapshot,
+        &["id"]
+    ),
+    snapshot!(
+        "channels",
+        json("channels", "channels", false),
+        Layout::Snapshot,
+        &["id"]
+    ),
     snapshot!(
         "message_types",
         json("messageTypes", "messageTypes", false),
@@ -248,7 +268,12 @@ pub static STREAMS: &[StreamDef] = &[
         Layout::Snapshot,
         &["templateId"]
     ),
-    snapshot!("metadata", Source::Metadata, Layout::Snapshot, &["table", "key"]),
+    snapshot!(
+        "metadata",
+        Source::Metadata,
+        Layout::Snapshot,
+        &["table", "key"]
+    ),
 ];
 
 /// The stream with this name.

@@ -94,6 +94,9 @@ pub struct LiveFile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quarantined {
+    /// What failed within the stream when it is not a time window, e.g. `list_id=123`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub error: String,

@@ -20,15 +20,15 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::api::ApiClient;
-use crate::catalog::{StreamDef, SyncMode};
+use crate::catalog::{Layout, StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
 use crate::manifest::{LiveFile, Manifest, ManifestError, Quarantined, StreamState};
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
     partition_day,
 };
-use crate::source::FetchError;
 use crate::source::export::{ExportFetcher, Window};
+use crate::source::{FetchError, list_users, pipeline, rest};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Unreferenced files younger than this may belong to a run in progress and are kept.
@@ -122,6 +122,9 @@ pub enum StreamStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineReport {
+    /// What failed when it is not a time window, e.g. `list_id=123`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub error: String,
@@ -354,28 +357,31 @@ async fn run_stream(
             seconds: 0.0,
         },
     };
-    let cursor_column = schema
-        .position(stream.cursor_field)
-        .expect("catalog tests check every schema declares its cursor");
     let decoder = Arc::new(Decoder::new(
         schema.clone(),
         run.extracted_at,
         stream.data_type(),
     ));
-    let fetcher = ExportFetcher::new(run.client.clone(), stream, decoder);
     let ctx = StreamCtx {
         run,
         stream,
-        fetcher,
+        decoder,
         schema,
-        cursor_column,
         namer: FileNamer::new(&run.run_id),
     };
-    let result = match mode {
-        SyncMode::Incremental => ctx.incremental(&mut p).await,
-        SyncMode::FullRefreshOverwrite | SyncMode::FullRefreshAppend => {
-            ctx.full_refresh(mode, &mut p).await
+    let result = match (stream.layout, mode) {
+        (Layout::Dated, SyncMode::Incremental) => ctx.incremental(&mut p).await,
+        (Layout::Dated, _) => ctx.full_refresh(mode, &mut p).await,
+        (_, SyncMode::Incremental) => {
+            tracing::info!(
+                stream = stream.name,
+                mode = %stream.default_mode,
+                "a snapshot stream has no incremental mode; using its default"
+            );
+            p.report.mode = stream.default_mode;
+            ctx.snapshot(stream.default_mode, &mut p).await
         }
+        (_, mode) => ctx.snapshot(mode, &mut p).await,
     };
     if let Err(e) = result {
         tracing::error!(stream = stream.name, error = %e, "stream failed");
@@ -391,9 +397,8 @@ async fn run_stream(
 struct StreamCtx<'r> {
     run: &'r Run,
     stream: &'static StreamDef,
-    fetcher: ExportFetcher,
+    decoder: Arc<Decoder>,
     schema: Arc<StreamSchema>,
-    cursor_column: usize,
     namer: Arc<FileNamer>,
 }
 
@@ -406,6 +411,166 @@ struct UnitFailure {
 impl StreamCtx<'_> {
     fn opts(&self) -> &SyncOptions {
         &self.run.opts
+    }
+
+    fn cursor_column(&self) -> usize {
+        self.schema
+            .position(self.stream.cursor_field)
+            .expect("catalog tests check every dated schema declares its cursor")
+    }
+
+    fn fetcher(&self) -> ExportFetcher {
+        ExportFetcher::new(self.run.client.clone(), self.stream, self.decoder.clone())
+    }
+
+    fn writer(
+        &self,
+        dir: &str,
+        partitioning: Partitioning,
+        cursor_column: Option<usize>,
+    ) -> PartitionedWriter {
+        PartitionedWriter::new(
+            self.run.lake.clone(),
+            dir.to_string(),
+            self.schema.arrow.clone(),
+            partitioning,
+            cursor_column,
+            self.namer.clone(),
+            self.opts().limits,
+        )
+    }
+
+    /// The folder of this run's files: the stream's, or its snapshot-date folder in append mode.
+    fn dir(&self, mode: SyncMode) -> String {
+        match mode {
+            SyncMode::FullRefreshAppend => format!(
+                "{}/snapshot_date={}",
+                self.stream.name,
+                self.opts().now.date_naive()
+            ),
+            _ => self.stream.name.to_string(),
+        }
+    }
+
+    /// Files of the stream that a full refresh in `mode` replaces: all of them, or in append
+    /// mode those of the same snapshot date.
+    fn replaced_by(&self, mode: SyncMode, file: &LiveFile) -> bool {
+        match mode {
+            SyncMode::FullRefreshAppend => {
+                file.file.path.starts_with(&format!("{}/", self.dir(mode)))
+            }
+            _ => true,
+        }
+    }
+
+    /// A snapshot stream: read everything, then replace the previous snapshot in one commit.
+    async fn snapshot(&self, mode: SyncMode, p: &mut Progress) -> Result<(), String> {
+        if self.stream.layout == Layout::PerList {
+            return self.per_list(mode, p).await;
+        }
+        let dir = self.dir(mode);
+        let writer = self.writer(&dir, Partitioning::Fixed(String::new()), None);
+        let body = rest::body(self.run.client.clone(), self.stream.source);
+        p.report.windows += 1;
+        let fetched = pipeline::run(body, self.decoder.clone(), None, writer)
+            .await
+            .map_err(|e| format!("{e}; nothing was committed"))?;
+        p.report.malformed_lines += fetched.malformed;
+        self.count(&fetched.files, p);
+        let new_files = self.live(fetched.files);
+        let now = self.opts().now;
+        let cursor = self
+            .run
+            .commit(self.stream, |s| {
+                s.mode = mode;
+                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
+                    .into_iter()
+                    .partition(|f| self.replaced_by(mode, f));
+                s.files = keep;
+                s.files.extend(new_files);
+                s.cursor = Some(now);
+                old.into_iter().map(|f| f.file.path).collect()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        p.report.commits += 1;
+        p.report.cursor = cursor;
+        Ok(())
+    }
+
+    /// `list_users`: one `list_id=N` folder per list. A list that keeps failing is
+    /// quarantined (its previous members stay live) while the others land.
+    async fn per_list(&self, mode: SyncMode, p: &mut Progress) -> Result<(), String> {
+        let dir = self.dir(mode);
+        let client = &self.run.client;
+        let ids = rest::list_ids(client).await.map_err(|e| e.to_string())?;
+        let mut files = Vec::new();
+        let mut done = BTreeSet::new();
+        let mut failed = Vec::new();
+        for id in &ids {
+            let folder = format!("list_id={id}");
+            let writer = self.writer(&dir, Partitioning::Fixed(folder.clone()), None);
+            p.report.windows += 1;
+            match list_users::fetch(client, *id, self.decoder.clone(), writer).await {
+                Ok(f) => {
+                    p.report.malformed_lines += f.malformed;
+                    files.extend(f.files);
+                    done.insert(folder);
+                }
+                Err(e) if e.is_fatal() => {
+                    self.run.delete_files(&files).await;
+                    return Err(e.to_string());
+                }
+                Err(e) => {
+                    tracing::error!(stream = self.stream.name, list = id, error = %e, "list quarantined");
+                    failed.push((folder, e.to_string()));
+                }
+            }
+        }
+        self.count(&files, p);
+        let now = self.opts().now;
+        for (folder, error) in &failed {
+            p.report.quarantined.push(QuarantineReport {
+                key: Some(folder.clone()),
+                start: now,
+                end: now,
+                error: error.clone(),
+            });
+        }
+        let listed: BTreeSet<String> = ids.iter().map(|id| format!("list_id={id}")).collect();
+        let new_files = self.live(files);
+        let run_id = self.run.run_id.clone();
+        let cursor = self
+            .run
+            .commit(self.stream, |s| {
+                s.mode = mode;
+                let (old, keep): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut s.files).into_iter().partition(|f| {
+                        self.replaced_by(mode, f)
+                            && (done.contains(&f.file.partition)
+                                || !listed.contains(&f.file.partition))
+                    });
+                s.files = keep;
+                s.files.extend(new_files);
+                s.cursor = Some(now);
+                s.quarantine = failed
+                    .iter()
+                    .map(|(folder, error)| Quarantined {
+                        key: Some(folder.clone()),
+                        start: now,
+                        end: now,
+                        error: error.clone(),
+                        attempts: 1,
+                        since_run: run_id.clone(),
+                    })
+                    .collect();
+                old.into_iter().map(|f| f.file.path).collect()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        p.report.commits += 1;
+        p.report.cursor = cursor;
+        Ok(())
     }
 
     /// The end of this run's reading: the earlier of `--end-date` and `now - lag`.
@@ -430,6 +595,7 @@ impl StreamCtx<'_> {
     /// Fetch one unit as windows, splitting windows that are cut off or time out.
     async fn fetch_unit(
         &self,
+        fetcher: &ExportFetcher,
         unit: Window,
         dir: &str,
         p: &mut Progress,
@@ -439,21 +605,18 @@ impl StreamCtx<'_> {
         let mut files = Vec::new();
         let mut attempts = 0;
         while let Some(w) = queue.pop_front() {
-            let writer = PartitionedWriter::new(
-                self.run.lake.clone(),
-                dir.to_string(),
-                self.schema.arrow.clone(),
+            let column = self.cursor_column();
+            let writer = self.writer(
+                dir,
                 Partitioning::CursorDate {
-                    column: self.cursor_column,
+                    column,
                     fallback_day: day_of(w.start),
                 },
-                Some(self.cursor_column),
-                self.namer.clone(),
-                self.opts().limits,
+                Some(column),
             );
             p.report.windows += 1;
             let t0 = Instant::now();
-            match self.fetcher.fetch(w, writer).await {
+            match fetcher.fetch(w, writer).await {
                 Ok(f) => {
                     tracing::info!(stream = self.stream.name, window = %w, rows = f.rows, bytes = f.body_bytes, secs = t0.elapsed().as_secs_f64(), "window fetched");
                     if f.malformed > 0 {
@@ -513,6 +676,7 @@ impl StreamCtx<'_> {
     }
 
     async fn incremental(&self, p: &mut Progress) -> Result<(), String> {
+        let fetcher = self.fetcher();
         let state = self.state().await;
         let cursor = state
             .as_ref()
@@ -564,7 +728,7 @@ impl StreamCtx<'_> {
                 }
                 None => break,
             };
-            match self.fetch_unit(unit, self.stream.name, p).await {
+            match self.fetch_unit(&fetcher, unit, self.stream.name, p).await {
                 Ok(files) => {
                     let rows = self.count(&files, p);
                     let first_day = day_of(unit.start);
@@ -609,6 +773,7 @@ impl StreamCtx<'_> {
                     }
                     tracing::error!(stream = self.stream.name, window = %unit, attempts, error = %error, "window quarantined");
                     let q = Quarantined {
+                        key: None,
                         start: to_time(unit.start),
                         end: to_time(unit.end),
                         error: error.to_string(),
@@ -616,6 +781,7 @@ impl StreamCtx<'_> {
                         since_run: self.run.run_id.clone(),
                     };
                     p.report.quarantined.push(QuarantineReport {
+                        key: None,
                         start: q.start,
                         end: q.end,
                         error: q.error.clone(),
@@ -649,13 +815,10 @@ impl StreamCtx<'_> {
         let Some(start) = self.opts().start else {
             return Err("a full refresh needs --start-date".to_string());
         };
+        let fetcher = self.fetcher();
         let start = floor_day(start.timestamp_micros());
         let end = self.end();
-        let snapshot = format!("snapshot_date={}", self.opts().now.date_naive());
-        let dir = match mode {
-            SyncMode::FullRefreshAppend => format!("{}/{snapshot}", self.stream.name),
-            _ => self.stream.name.to_string(),
-        };
+        let dir = self.dir(mode);
         let mut all = Vec::new();
         let mut next = start;
         let days = self.opts().window.initial_days.max(1);
@@ -665,7 +828,7 @@ impl StreamCtx<'_> {
                 end: (next + days * MICROS_PER_DAY).min(end),
             };
             next = unit.end;
-            match self.fetch_unit(unit, &dir, p).await {
+            match self.fetch_unit(&fetcher, unit, &dir, p).await {
                 Ok(files) => all.extend(files),
                 Err(UnitFailure { error, .. }) => {
                     self.run.delete_files(&all).await;
@@ -681,10 +844,7 @@ impl StreamCtx<'_> {
                 s.mode = mode;
                 let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
                     .into_iter()
-                    .partition(|f| match mode {
-                        SyncMode::FullRefreshAppend => f.file.partition.starts_with(&snapshot),
-                        _ => true,
-                    });
+                    .partition(|f| self.replaced_by(mode, f));
                 s.files = keep;
                 s.files.extend(new_files);
                 s.cursor = Some(to_time(end));
@@ -731,6 +891,7 @@ mod tests {
 
     fn q(s: i64, e: i64) -> Quarantined {
         Quarantined {
+            key: None,
             start: to_time(s),
             end: to_time(e),
             error: "x".into(),

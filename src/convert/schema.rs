@@ -215,7 +215,11 @@ mod tests {
                 assert_eq!(schema.columns[cursor].kind, Kind::Timestamp, "{}", s.name);
             }
             for key in s.primary_key {
-                assert!(schema.position(key).is_some(), "{} declares its key {key}", s.name);
+                assert!(
+                    schema.position(key).is_some(),
+                    "{} declares its key {key}",
+                    s.name
+                );
             }
             assert_eq!(
                 schema.arrow.field_with_name(EVENT_ID).is_ok(),

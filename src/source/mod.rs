@@ -1,7 +1,9 @@
 //! Endpoint families: each builds its requests and hands response bodies to the pipeline.
 
 pub mod export;
+pub mod list_users;
 pub mod pipeline;
+pub mod rest;
 
 use crate::api::ApiError;
 use crate::sink::WriteError;

@@ -187,7 +187,12 @@ async fn every_export_stream_lands_exactly_once_on_local_disk() {
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
-    let report = sync(&fake, &lake, options(catalog::export_streams().collect(), START, end)).await;
+    let report = sync(
+        &fake,
+        &lake,
+        options(catalog::export_streams().collect(), START, end),
+    )
+    .await;
     assert_eq!(report.streams.len(), 51);
     assert!(report.streams.iter().map(|s| s.rows).sum::<u64>() > 1000);
     for s in catalog::export_streams() {
@@ -338,7 +343,12 @@ async fn duckdb_reads_every_local_stream_with_hive_partitions_and_declared_types
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
-    sync(&fake, &lake, options(catalog::export_streams().collect(), START, end)).await;
+    sync(
+        &fake,
+        &lake,
+        options(catalog::export_streams().collect(), START, end),
+    )
+    .await;
     let root = dir.path().to_str().unwrap();
     let union: Vec<String> = catalog::export_streams()
         .map(|s| {
