@@ -80,15 +80,15 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The only run report in the lake.
-fn run_report(lake: &Path) -> Value {
-    let mut reports: Vec<PathBuf> = std::fs::read_dir(lake.join("_runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    reports.sort();
-    let last = reports.last().expect("a run report");
-    serde_json::from_slice(&std::fs::read(last).unwrap()).unwrap()
+/// The report of the run whose summary `sync` printed (its last line names the file).
+fn run_report(lake: &Path, sync: &Output) -> Value {
+    let out = stdout(sync);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.split(':').next())
+        .unwrap_or_else(|| panic!("no run line in the summary: {out}"));
+    let path = lake.join("_runs").join(format!("{id}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
 /// Per stream of a run report: (rows, files, cursor, status).
@@ -390,7 +390,7 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
     ];
     let first = run(&sync_args, &[]).await;
     assert_code(&first, 0);
-    let report = outcome(&run_report(&lake));
+    let report = outcome(&run_report(&lake, &first));
     assert_eq!(report["email_send"].0, truth(&fake, "emailSend"));
     assert_eq!(report["users"].0, truth(&fake, "user"));
 
@@ -407,7 +407,7 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
         assert_eq!(st["cursor"].as_str().unwrap(), cursor, "{name}");
         assert_eq!(st["mode"], "incremental");
         assert_eq!(st["quarantined"], serde_json::json!([]));
-        assert_eq!(st["last_run"], run_report(&lake)["run_id"]);
+        assert_eq!(st["last_run"], run_report(&lake, &first)["run_id"]);
         assert!(st["bytes"].as_u64().unwrap() > 0);
     }
     let version = state["manifest_version"].as_u64().unwrap();
@@ -482,7 +482,7 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
 
     let again = run(&sync_args, &[]).await;
     assert_code(&again, 0);
-    let second = outcome(&run_report(&lake));
+    let second = outcome(&run_report(&lake, &again));
     assert_eq!(
         second["email_send"].0, report["email_send"].0,
         "extracted again"
@@ -578,7 +578,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
     )
     .await;
     assert_code(&by_flags, 0);
-    let want = outcome(&run_report(&lake("flags")));
+    let want = outcome(&run_report(&lake("flags"), &by_flags));
     assert_eq!(want.keys().collect::<Vec<_>>(), ["email_send", "users"]);
 
     // relative paths in a config file are taken from its folder
@@ -595,7 +595,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
     .unwrap();
     let by_file = run(&["sync", "--config", s(&config)], &[]).await;
     assert_code(&by_file, 0);
-    assert_eq!(outcome(&run_report(&lake("toml"))), want);
+    assert_eq!(outcome(&run_report(&lake("toml"), &by_file)), want);
 
     let airbyte = dir.path().join("source.json");
     std::fs::write(
@@ -630,7 +630,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
     )
     .await;
     assert_code(&by_airbyte, 0);
-    assert_eq!(outcome(&run_report(&lake("airbyte"))), want);
+    assert_eq!(outcome(&run_report(&lake("airbyte"), &by_airbyte)), want);
     assert!(
         text(&by_airbyte).contains("Airbyte config keys this tool does not use were ignored"),
         "{}",
@@ -655,7 +655,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
     )
     .await;
     assert_code(&override_run, 0);
-    let got = outcome(&run_report(&lake("override")));
+    let got = outcome(&run_report(&lake("override"), &override_run));
     assert_eq!(got.keys().collect::<Vec<_>>(), ["email_click"]);
     assert_eq!(got["email_click"].0, truth(&fake, "emailClick"));
     assert_eq!(
@@ -801,7 +801,16 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bars_on_a_terminal_json_lines_under_cron() {
-    let fake = fake(25, &[]).await;
+    // Slow responses, and a first window a week before the data: each stream fetches two
+    // windows, so its bar is on screen while the second one is in flight.
+    let mut cfg = FakeConfig::small(25);
+    cfg.faults = Faults {
+        export_rate: None,
+        latency: Some(Duration::from_millis(400)),
+        ..Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(END.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let key_path = key_file(dir.path(), &fake);
     let base = fake.base_url();
@@ -818,7 +827,7 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
             "--streams",
             "email_send,users",
             "--start-date",
-            START,
+            "2023-12-25",
             "--end-date",
             END,
             "--export-requests-per-minute",
@@ -843,7 +852,7 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
         .iter()
         .filter(|e| e["fields"]["message"] == "window fetched")
         .count();
-    assert!(fetched >= 2, "{logs}");
+    assert_eq!(fetched, 4, "two windows per stream: {logs}");
     assert!(!logs.contains("streams done"), "no bars under cron: {logs}");
     assert!(stdout(&o).starts_with("stream "), "{}", stdout(&o));
 
@@ -867,8 +876,6 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
     .unwrap();
     assert_code(&o, 0);
     let screen = stdout(&o);
-    assert!(screen.contains("streams done"), "the run's bar: {screen}");
-    assert!(screen.contains(" rows "), "a stream's bar: {screen}");
     assert!(
         !screen.contains("\"level\""),
         "no JSON logs on a terminal: {screen}"
@@ -876,7 +883,13 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
     let summary = screen
         .find("committed status")
         .expect("the summary after the bars");
-    assert!(screen[summary..].contains("email_send "), "{screen}");
+    let (bars, table) = screen.split_at(summary);
+    assert!(bars.contains("streams done"), "the run's bar: {screen}");
+    assert!(
+        bars.contains(" rows ") && bars.contains(" read, window [2023-12-25 00:00:00, "),
+        "a stream's bar: {screen}"
+    );
+    assert!(table.contains("\nemail_send "), "{screen}");
 }
 
 /// The bars read the engine's own events: their counts are the run report's.
