@@ -609,6 +609,9 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
     Ok(layer)
 }
 
+/// The keys of Airbyte source-iterable's config this tool reads.
+pub const AIRBYTE_KEYS: &[&str] = &["api_key", "start_date", "region", "lookback_window"];
+
 /// What an Airbyte config gave, and the keys it holds that this tool does not use.
 #[derive(Debug)]
 pub struct AirbyteConfig {
@@ -633,15 +636,9 @@ pub fn parse_airbyte(file: &str, text: &str) -> Result<AirbyteConfig, ConfigErro
     let mut layer = Layer::default();
     let mut ignored = Vec::new();
     for (name, v) in &map {
-        let key = match name.as_str() {
-            "api_key" => "api_key",
-            "start_date" => "start_date",
-            "region" => "region",
-            "lookback_window" => "lookback_window",
-            _ => {
-                ignored.push(name.clone());
-                continue;
-            }
+        let Some(&key) = AIRBYTE_KEYS.iter().find(|k| **k == name.as_str()) else {
+            ignored.push(name.clone());
+            continue;
         };
         let origin = Origin::File {
             file: file.to_string(),
@@ -667,7 +664,7 @@ pub fn parse_airbyte(file: &str, text: &str) -> Result<AirbyteConfig, ConfigErro
                 let r = parse_region(&string()?, &origin)?;
                 layer.endpoint = Some(Given::new(Endpoint::Region(r), origin));
             }
-            _ => {
+            "lookback_window" => {
                 let minutes = v.as_i64().ok_or(ConfigError::Type {
                     origin: origin.clone(),
                     expected: "an integer (minutes)",
@@ -675,6 +672,7 @@ pub fn parse_airbyte(file: &str, text: &str) -> Result<AirbyteConfig, ConfigErro
                 })?;
                 layer.lag = Some(Given::new(minutes, origin));
             }
+            _ => unreachable!("every key of AIRBYTE_KEYS is handled"),
         }
     }
     Ok(AirbyteConfig { layer, ignored })
