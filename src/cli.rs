@@ -242,6 +242,7 @@ pub enum StateAction {
     /// Forget the cursors and quarantined windows of streams, in a new manifest commit, so
     /// the next sync extracts them again from --start-date. Their live files stay until
     /// that run replaces the date partitions it reads again.
+    #[command(after_help = EXIT_CODES)]
     Reset(ResetArgs),
 }
 
