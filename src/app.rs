@@ -1,108 +1,209 @@
 //! The commands: what `main` runs once the command line is parsed. Returns the process
-//! exit code; errors here are user-facing and name what to fix.
+//! exit code; errors here are user-facing and name what to fix. Errors the user fixes in
+//! the command line or a config file are [`UsageError`]s (exit 64).
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{Datelike, TimeZone, Utc};
+use futures::StreamExt;
+use indicatif::ProgressDrawTarget;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
 use url::Url;
 
-use crate::api::{ApiClient, ApiKey, ClientConfig};
+use crate::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
 use crate::catalog::STREAMS;
+use crate::check::{self, KeyProblem};
 use crate::cli::{
-    Cli, Command, DemoArgs, FakeApiArgs, LogFormat, SyncArgs, parse_date, sync_options,
+    CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, LogFormat, ResetArgs, SourceArgs, StateAction,
+    StateArgs, StreamsArgs, SyncArgs,
+};
+use crate::config::{
+    self, ApiSettings, ConfigError, Given, Layer, Origin, find_stream, parse_date, split_names,
 };
 use crate::fake::{FakeConfig, FakeIterable};
-use crate::sink::LakeStore;
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::sink::{LakeStore, StoreError};
+use crate::state::{self, StateError};
+use crate::streams;
 use crate::sync::{self, RunReport, StreamStatus};
 
-/// Exit codes (documented in the README).
+/// Exit codes (documented in the README and under `--help`).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const QUARANTINED: u8 = 2;
+    pub const KEY_UNUSABLE: u8 = 3;
     pub const USAGE: u8 = 64;
 }
 
-/// Set up logging: text on stderr, or JSON lines.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// An error the user fixes in the command line or a config file: exit 64.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Destination(StoreError),
+}
+
+/// Where log lines and progress go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    /// Progress bars and warnings, for a person at a terminal.
+    Bars,
+    Text,
+    /// JSON lines, for cron and log shippers.
+    Json,
+}
+
+/// `auto` means bars when stdout is a terminal, JSON lines otherwise (cron, pipes).
+pub fn log_mode(format: LogFormat, stdout_is_terminal: bool) -> LogMode {
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Auto if stdout_is_terminal => LogMode::Bars,
+        LogFormat::Auto | LogFormat::Json => LogMode::Json,
+        LogFormat::Text => LogMode::Text,
     }
 }
 
-pub async fn run(cli: Cli) -> Result<u8> {
-    match cli.command {
-        Command::Sync(args) => sync_command(args).await,
-        Command::Demo(args) => demo(args).await,
-        Command::Streams => {
-            println!(
-                "{:<28} {:<22} {:<18} default mode",
-                "stream", "data type", "cursor"
-            );
-            for s in STREAMS {
-                println!(
-                    "{:<28} {:<22} {:<18} {}",
-                    s.name,
-                    s.data_type(),
-                    s.cursor_field,
-                    s.default_mode
-                );
-            }
-            Ok(exit::OK)
+/// Set up logging on stderr (`RUST_LOG` overrides the level: info, or warn under the bars);
+/// returns the bars when there are any.
+pub fn init_logging(format: LogFormat) -> Option<Progress> {
+    let mode = log_mode(format, std::io::stdout().is_terminal());
+    let default = if mode == LogMode::Bars {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let registry = tracing_subscriber::registry();
+    match mode {
+        LogMode::Json => {
+            let logs = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr);
+            registry.with(logs.with_filter(filter)).init();
+            None
         }
+        LogMode::Text => {
+            let logs = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi);
+            registry.with(logs.with_filter(filter)).init();
+            None
+        }
+        LogMode::Bars => {
+            let progress = Progress::new(ProgressDrawTarget::stderr());
+            let logs = tracing_subscriber::fmt::layer()
+                .with_writer(progress.writer())
+                .with_ansi(ansi);
+            registry
+                .with(logs.with_filter(filter))
+                .with(progress.layer())
+                .init();
+            Some(progress)
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once (many messages here already
+/// include their cause).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line.replace('\n', " ")
+}
+
+/// The exit code of an error that reached `main`.
+pub fn error_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        exit::USAGE
+    } else {
+        exit::FAILED
+    }
+}
+
+pub async fn run(cli: Cli, progress: Option<Progress>) -> Result<u8> {
+    match cli.command {
+        Command::Sync(args) => sync_command(args, progress).await,
+        Command::Check(args) => check_command(args).await,
+        Command::Streams(args) => streams_command(args),
+        Command::State(args) => state_command(args).await,
+        Command::Demo(args) => demo(args, progress).await,
         Command::FakeApi(args) => fake_api(args).await,
     }
 }
 
-fn read_key(args: &SyncArgs) -> Result<ApiKey> {
-    let raw = match &args.api_key_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the API key from {}", path.display()))?,
-        None => std::env::var("ITERABLE_API_KEY").unwrap_or_default(),
-    };
-    ApiKey::new(raw).context("no API key: set ITERABLE_API_KEY or give --api-key-file")
+fn usage(e: impl Into<UsageError>) -> anyhow::Error {
+    anyhow::Error::new(e.into())
 }
 
-async fn sync_command(args: SyncArgs) -> Result<u8> {
-    let opts = match sync_options(&args, Utc::now()) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(exit::USAGE);
+/// A `--config` file's layer.
+fn config_layer(path: &Path) -> Result<Layer> {
+    let text = config::read_file("--config", path).map_err(usage)?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    config::parse_toml(&path.display().to_string(), dir, &text).map_err(usage)
+}
+
+/// Flags, then the environment, then `--config`, then `--airbyte-config`.
+fn layers(source: &SourceArgs, flags: Layer) -> Result<Layer> {
+    let mut layer = flags.over(Layer::from_env(std::env::var("ITERABLE_API_KEY").ok()));
+    if let Some(path) = &source.config {
+        layer = layer.over(config_layer(path)?);
+    }
+    if let Some(path) = &source.airbyte_config {
+        let text = config::read_file("--airbyte-config", path).map_err(usage)?;
+        let airbyte = config::parse_airbyte(&path.display().to_string(), &text).map_err(usage)?;
+        if !airbyte.ignored.is_empty() {
+            tracing::warn!(file = %path.display(), keys = ?airbyte.ignored, "Airbyte config keys this tool does not use were ignored");
         }
-    };
-    let key = match read_key(&args) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(exit::USAGE);
-        }
-    };
-    let base = args
-        .base_url
-        .clone()
-        .unwrap_or_else(|| args.region.base_url().to_string());
-    let base = match Url::parse(&base) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("error: --base-url {base:?}: {e}");
-            return Ok(exit::USAGE);
-        }
-    };
-    let mut cfg = ClientConfig::new(base, key);
-    cfg.export_requests_per_minute = args.export_requests_per_minute;
-    let client = ApiClient::new(cfg)?;
-    let lake = LakeStore::open(&args.dest)?;
-    let report = sync::run(lake, client, opts).await?;
-    print_summary(&report);
+        layer = layer.over(airbyte.layer);
+    }
+    Ok(layer)
+}
+
+fn client(api: &ApiSettings, retry: Option<RetryPolicy>) -> Result<ApiClient> {
+    let key = config::read_key(&api.key).map_err(usage)?;
+    let mut cfg = ClientConfig::new(api.base_url.clone(), key);
+    if let Some(n) = api.export_requests_per_minute {
+        cfg.export_requests_per_minute = n;
+    }
+    if let Some(retry) = retry {
+        cfg.retry = retry;
+        cfg.connect_timeout = Duration::from_secs(10);
+        cfg.read_timeout = Duration::from_secs(60);
+    }
+    Ok(ApiClient::new(cfg)?)
+}
+
+fn open_lake(dest: &str) -> Result<LakeStore> {
+    LakeStore::open(dest).map_err(|e| match e {
+        StoreError::BadDestination { .. } => usage(UsageError::Destination(e)),
+        other => other.into(),
+    })
+}
+
+async fn sync_command(args: SyncArgs, progress: Option<Progress>) -> Result<u8> {
+    let layer = layers(&args.source, args.layer())?;
+    let cfg = layer.sync_config(Utc::now()).map_err(usage)?;
+    let client = client(&cfg.api, None)?;
+    let lake = open_lake(&cfg.dest)?;
+    let report = sync::run(lake, client, cfg.options).await;
+    if let Some(p) = &progress {
+        p.clear();
+    }
+    let report = report?;
+    print!("{}", summary(&report));
     Ok(exit_code(&report))
 }
 
@@ -117,10 +218,15 @@ pub fn exit_code(report: &RunReport) -> u8 {
     }
 }
 
-fn print_summary(report: &RunReport) {
-    println!(
-        "{:<28} {:>10} {:>6} {:>12} {:<26} status",
-        "stream", "rows", "files", "bytes", "cursor"
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// The run's summary: one line per stream, whether it committed anything, and the totals.
+pub fn summary(report: &RunReport) -> String {
+    let mut out = format!(
+        "{:<28} {:>10} {:>6} {:>12} {:<26} {:<9} status\n",
+        "stream", "rows", "files", "bytes", "cursor", "committed"
     );
     for s in &report.streams {
         let status = match &s.status {
@@ -130,27 +236,195 @@ fn print_summary(report: &RunReport) {
             StreamStatus::Failed(e) => format!("FAILED: {e}"),
         };
         let cursor = s.cursor.map(|c| c.to_rfc3339()).unwrap_or_default();
-        println!(
-            "{:<28} {:>10} {:>6} {:>12} {:<26} {status}",
-            s.stream, s.rows, s.files, s.bytes, cursor
+        out += &format!(
+            "{:<28} {:>10} {:>6} {:>12} {:<26} {:<9} {status}\n",
+            s.stream,
+            s.rows,
+            s.files,
+            s.bytes,
+            cursor,
+            yes_no(s.commits > 0)
         );
     }
-    let failed: Vec<&str> = report.failed().iter().map(|s| s.stream.as_str()).collect();
-    println!(
-        "run {}: {} requests, {} retries, {} rate-limited; report in {}/_runs/{}.json",
+    out += &format!(
+        "run {}: {} requests, {} retries, {} rate-limited; report in {}/_runs/{}.json\n",
         report.run_id,
         report.requests,
         report.retries,
         report.rate_limited,
-        report.dest,
+        report.dest.trim_end_matches('/'),
         report.run_id
     );
+    let failed: Vec<String> = report
+        .failed()
+        .iter()
+        .map(|s| {
+            if s.commits > 0 {
+                format!(
+                    "{} (committed: yes, through its cursor; the next run resumes there)",
+                    s.stream
+                )
+            } else {
+                format!("{} (committed: no)", s.stream)
+            }
+        })
+        .collect();
     if !failed.is_empty() {
-        println!("failed streams: {}", failed.join(", "));
+        out += &format!("failed streams: {}\n", failed.join(", "));
     }
+    out
 }
 
-async fn demo(args: DemoArgs) -> Result<u8> {
+async fn check_command(args: CheckArgs) -> Result<u8> {
+    let layer = layers(&args.source, args.source.layer())?;
+    let cfg = layer.check_config().map_err(usage)?;
+    let retry = RetryPolicy {
+        max_retries: 2,
+        base_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(5),
+    };
+    let client = client(&cfg.api, Some(retry))?;
+    let host = check::host_of(&client);
+    match check::check_key(&client).await {
+        Ok(()) => println!(
+            "API key: accepted by {host} (GET /api/{})",
+            check::KEY_PROBE_PATH
+        ),
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return Ok(match problem {
+                KeyProblem::Api(_) => exit::FAILED,
+                _ => exit::KEY_UNUSABLE,
+            });
+        }
+    }
+    let per_minute = cfg.api.export_requests_per_minute.unwrap_or(4).max(1) as usize;
+    if cfg.streams.len() > per_minute {
+        println!(
+            "probing {} streams at {per_minute} export requests per minute: about {} minutes",
+            cfg.streams.len(),
+            cfg.streams.len().div_ceil(per_minute)
+        );
+    }
+    println!(
+        "{:<28} {:<24} {:<9} error",
+        "stream", "data type", "readable"
+    );
+    let mut probes = std::pin::pin!(check::probe_streams(&client, &cfg.streams, Utc::now()));
+    let mut unreadable = 0;
+    while let Some(p) = probes.next().await {
+        unreadable += usize::from(!p.readable);
+        println!(
+            "{:<28} {:<24} {:<9} {}",
+            p.stream,
+            p.data_type,
+            yes_no(p.readable),
+            p.error.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "{} of {} streams readable",
+        cfg.streams.len() - unreadable,
+        cfg.streams.len()
+    );
+    Ok(if unreadable == 0 {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn streams_command(args: StreamsArgs) -> Result<u8> {
+    match &args.schema {
+        Some(name) => {
+            let def = find_stream(name, &Origin::Flag("--schema")).map_err(usage)?;
+            let columns = streams::schema(def)?;
+            if args.json {
+                print_json(&columns)?;
+            } else {
+                print!("{}", streams::render_schema(def.name, &columns));
+            }
+        }
+        None if args.json => print_json(&streams::all())?,
+        None => print!("{}", streams::render(&streams::all())),
+    }
+    Ok(exit::OK)
+}
+
+/// The streams a reset names, checked against the catalog before any I/O.
+fn reset_names(args: &ResetArgs) -> Result<Vec<String>, ConfigError> {
+    let origin = Origin::Flag("state reset");
+    let mut names = Vec::new();
+    for name in args.streams.iter().flat_map(|s| split_names(s)) {
+        let def = find_stream(&name, &origin)?;
+        if !names.iter().any(|n| n == def.name) {
+            names.push(def.name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+async fn state_command(args: StateArgs) -> Result<u8> {
+    let mut layer = args.layer();
+    if let Some(path) = &args.config {
+        layer = layer.over(config_layer(path)?);
+    }
+    let dest = layer.dest().map_err(usage)?;
+    let names = match &args.action {
+        Some(StateAction::Reset(reset)) => Some(reset_names(reset).map_err(usage)?),
+        None => None,
+    };
+    let lake = match state::open_lake(&dest) {
+        Ok(lake) => lake,
+        Err(StateError::Store(e @ StoreError::BadDestination { .. })) => {
+            return Err(usage(UsageError::Destination(e)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut manifest = state::load(&lake).await?;
+    match names {
+        None => {
+            let summary = state::summarize(&dest, &manifest);
+            if args.json {
+                print_json(&summary)?;
+            } else {
+                print!("{}", state::render(&summary));
+            }
+        }
+        Some(mut names) => {
+            if names.is_empty() {
+                names = manifest.streams.keys().cloned().collect();
+            }
+            reset_streams(&lake, &mut manifest, &names).await?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn reset_streams(lake: &LakeStore, manifest: &mut Manifest, names: &[String]) -> Result<()> {
+    let done = state::reset(manifest, names);
+    for r in &done {
+        println!("{r}");
+    }
+    if !done.iter().any(state::Reset::changed) {
+        println!("nothing to reset: no new manifest version");
+        return Ok(());
+    }
+    let run = format!("reset-{}", sync::new_run_id(Utc::now()));
+    manifest.commit(lake, &run).await?;
+    println!(
+        "committed manifest version {}: the next sync extracts these streams again from --start-date",
+        manifest.version
+    );
+    Ok(())
+}
+
+async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
     let today = Utc::now().date_naive();
     let start = Utc
         .with_ymd_and_hms(today.year(), today.month(), today.day(), 0, 0, 0)
@@ -175,9 +449,13 @@ async fn demo(args: DemoArgs) -> Result<u8> {
     let mut opts = sync::SyncOptions::new(STREAMS.iter().collect());
     opts.start = Some(start);
     opts.window.initial_days = 3;
-    let lake = LakeStore::open(&args.dest)?;
-    let report = sync::run(lake, client, opts).await?;
-    print_summary(&report);
+    let lake = open_lake(&args.dest)?;
+    let report = sync::run(lake, client, opts).await;
+    if let Some(p) = &progress {
+        p.clear();
+    }
+    let report = report?;
+    print!("{}", summary(&report));
     println!(
         "\nQuery it with DuckDB:\n  duckdb -c \"SELECT date, count(*) FROM read_parquet('{}/email_send/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY 1\"",
         args.dest.trim_end_matches('/')
@@ -186,7 +464,7 @@ async fn demo(args: DemoArgs) -> Result<u8> {
 }
 
 async fn fake_api(args: FakeApiArgs) -> Result<u8> {
-    let start = parse_date("--start", &args.start)?;
+    let start = parse_date(&Given::flag("--start", args.start.clone())).map_err(usage)?;
     let cfg = FakeConfig {
         seed: args.seed,
         start,
@@ -205,4 +483,91 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
     drop(fake);
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::StreamReport;
+
+    #[test]
+    fn auto_logs_are_bars_on_a_terminal_and_json_elsewhere() {
+        assert_eq!(log_mode(LogFormat::Auto, true), LogMode::Bars);
+        assert_eq!(log_mode(LogFormat::Auto, false), LogMode::Json);
+        assert_eq!(log_mode(LogFormat::Json, true), LogMode::Json);
+        assert_eq!(log_mode(LogFormat::Text, false), LogMode::Text);
+    }
+
+    #[test]
+    fn error_lines_say_each_cause_once() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(io).context("writing the report");
+        assert_eq!(error_line(&e), "writing the report: disk full");
+        let inner = ConfigError::Read {
+            flag: "--config",
+            path: "x.toml".into(),
+            source: std::io::Error::other("no such file"),
+        };
+        let e = usage(inner);
+        assert_eq!(error_line(&e), "--config x.toml: no such file");
+        assert_eq!(error_code(&e), exit::USAGE);
+        assert_eq!(error_code(&anyhow::anyhow!("x")), exit::FAILED);
+    }
+
+    fn stream(name: &str, status: StreamStatus, commits: u64) -> StreamReport {
+        StreamReport {
+            stream: name.into(),
+            mode: crate::catalog::SyncMode::Incremental,
+            status,
+            rows: 10,
+            files: 1,
+            bytes: 100,
+            windows: 2,
+            window_retries: 0,
+            malformed_lines: 0,
+            commits,
+            cursor: None,
+            quarantined: Vec::new(),
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_summary_says_whether_a_failed_stream_committed() {
+        let t = Utc::now();
+        let report = RunReport {
+            run_id: "r".into(),
+            dest: "/lake/".into(),
+            started_at: t,
+            finished_at: t,
+            streams: vec![
+                stream("email_send", StreamStatus::Succeeded, 2),
+                stream("email_open", StreamStatus::Failed("boom".into()), 1),
+                stream("users", StreamStatus::Failed("401".into()), 0),
+            ],
+            requests: 3,
+            retries: 0,
+            rate_limited: 0,
+            backoff_seconds: 0.0,
+        };
+        let text = summary(&report);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("email_send").contains(" yes       ok"), "{text}");
+        assert!(
+            line("email_open").contains(" yes       FAILED: boom"),
+            "{text}"
+        );
+        assert!(line("users ").contains(" no        FAILED: 401"), "{text}");
+        assert!(text.contains("report in /lake/_runs/r.json"), "{text}");
+        assert!(
+            text.ends_with("failed streams: email_open (committed: yes, through its cursor; the next run resumes there), users (committed: no)\n"),
+            "{text}"
+        );
+        assert_eq!(exit_code(&report), exit::FAILED);
+    }
 }

@@ -1,24 +1,35 @@
-//! Command-line definitions (clap) and their translation into validated run options.
-//! Parsing and validation are pure; clients are built by the caller.
+//! Command-line definitions (clap), and the flags' layer of the run configuration
+//! ([`crate::config`] merges it with the environment and the files, and validates).
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::Region;
-use crate::catalog::{self, StreamDef, SyncMode};
-use crate::convert::timestamp::parse_instant;
+use crate::catalog::SyncMode;
+use crate::config::{Endpoint, Given, KeySpec, Layer, split_names};
+
+/// The exit codes, shown under every command's `--help` (and in the README).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   sync: a stream failed (the summary says whether it committed anything);
+      check: a stream is not readable; state: no lake or manifest at --dest
+  2   sync: completed, with windows quarantined (retried on the next run)
+  3   check: the API key is unusable (rejected, wrong data centre, API unreachable)
+  64  bad usage: unknown flag, stream or config key, or a bad value";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "iterable-lake",
     version,
-    about = "Copy everything an Iterable project holds into a partitioned Parquet lake, on local disk or S3."
+    about = "Copy everything an Iterable project holds into a partitioned Parquet lake, on local disk or S3.",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Log format: text for people, json (one object per line) for cron and log shippers.
-    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    /// Log format: auto (progress bars and warnings when stdout is a terminal, JSON lines
+    /// otherwise), text (log lines for people), or json (one object per line, for cron).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -26,61 +37,152 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    Auto,
     Text,
     Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Sync streams from Iterable into the lake (the API key comes from ITERABLE_API_KEY or --api-key-file).
+    /// Sync streams from Iterable into the lake (the API key comes from ITERABLE_API_KEY,
+    /// --api-key-file or --config).
+    #[command(after_help = EXIT_CODES)]
     Sync(SyncArgs),
-    /// Start the built-in fake Iterable API with a few days of data and sync every stream from it: no key, no network.
+    /// Check the API key and data centre, then probe each selected export stream with a
+    /// one-minute window and print which are readable.
+    #[command(after_help = EXIT_CODES)]
+    Check(CheckArgs),
+    /// List the streams (or print one stream's Arrow schema with --schema).
+    #[command(after_help = EXIT_CODES)]
+    Streams(StreamsArgs),
+    /// Show the lake's state per stream: mode, cursor, live files, rows, quarantined windows.
+    #[command(after_help = EXIT_CODES)]
+    State(StateArgs),
+    /// Start the built-in fake Iterable API with a few days of data and sync every stream
+    /// from it: no key, no network.
+    #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
-    /// List the streams.
-    Streams,
     /// Serve the built-in fake Iterable API until interrupted (for benchmarks and trying the tool).
     #[command(hide = true)]
     FakeApi(FakeApiArgs),
 }
 
+/// Where the API is, how to authenticate, and which streams: shared by `sync` and `check`.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
+    /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
+    /// api_key_file, api_key). Flags and environment variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read settings from an Airbyte source-iterable config (JSON keys api_key, start_date,
+    /// region, lookback_window). Flags, environment variables and --config win over it.
+    #[arg(long, value_name = "FILE")]
+    pub airbyte_config: Option<PathBuf>,
+    /// Comma-separated stream names, or `all` [default: all].
+    #[arg(long, value_name = "NAMES")]
+    pub streams: Option<String>,
+    /// Comma-separated stream names to leave out of --streams.
+    #[arg(long, value_name = "NAMES")]
+    pub exclude: Option<String>,
+    /// Iterable data centre of the project (a key works only in its own) [default: us].
+    #[arg(long, value_enum, env = "ITERABLE_REGION")]
+    pub region: Option<Region>,
+    /// Override the API base URL (tests, proxies), e.g. http://127.0.0.1:8080/api/; wins over --region.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Read the API key from this file instead of ITERABLE_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Export requests per minute, shared by all streams (Iterable allows 4) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub export_requests_per_minute: Option<u32>,
+}
+
+impl SourceArgs {
+    /// The flags' layer of the configuration.
+    pub fn layer(&self) -> Layer {
+        let endpoint = match (&self.base_url, self.region) {
+            (Some(url), _) => Some(Given::flag("--base-url", Endpoint::Url(url.clone()))),
+            (None, Some(r)) => Some(Given::flag("--region", Endpoint::Region(r))),
+            (None, None) => None,
+        };
+        Layer {
+            streams: self
+                .streams
+                .as_deref()
+                .map(|s| Given::flag("--streams", split_names(s))),
+            exclude: self
+                .exclude
+                .as_deref()
+                .map(|s| Given::flag("--exclude", split_names(s))),
+            endpoint,
+            key: self
+                .api_key_file
+                .clone()
+                .map(|p| Given::flag("--api-key-file", KeySpec::File(p))),
+            export_requests_per_minute: self
+                .export_requests_per_minute
+                .map(|n| Given::flag("--export-requests-per-minute", i64::from(n))),
+            ..Layer::default()
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// The lake: a local path, file:///path or s3://bucket/prefix (S3 settings from AWS_* variables).
-    #[arg(long)]
-    pub dest: String,
-    /// Comma-separated stream names, or `all`.
-    #[arg(long, default_value = "all")]
-    pub streams: String,
+    #[arg(long, value_name = "URL")]
+    pub dest: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Where streams with no cursor start, e.g. 2024-01-01 or 2024-01-01T00:00:00Z (UTC).
-    #[arg(long)]
+    #[arg(long, value_name = "DATE")]
     pub start_date: Option<String>,
-    /// Read nothing at or after this instant (default: now minus --lag).
-    #[arg(long)]
+    /// Read nothing at or after this instant [default: now minus --lag].
+    #[arg(long, value_name = "DATE")]
     pub end_date: Option<String>,
-    /// Sync mode for every selected stream (default: each stream's own).
+    /// Sync mode for every selected stream [default: each stream's own].
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// Iterable data centre of the project.
-    #[arg(long, value_enum, env = "ITERABLE_REGION", default_value = "us")]
-    pub region: Region,
-    /// Override the API base URL (tests, proxies), e.g. http://127.0.0.1:8080/api/.
-    #[arg(long)]
-    pub base_url: Option<String>,
-    /// Read the API key from this file instead of ITERABLE_API_KEY.
-    #[arg(long)]
-    pub api_key_file: Option<PathBuf>,
-    /// Export requests per minute, shared by all streams (Iterable allows 4).
-    #[arg(long, default_value_t = 4)]
-    pub export_requests_per_minute: u32,
-    /// Minutes behind now that reading stops, since recent events may not be exportable yet.
-    #[arg(long, default_value_t = 10)]
-    pub lag: i64,
-    /// Days before the cursor's day that incremental runs read again, for late events.
-    #[arg(long, default_value_t = 1)]
-    pub lookback: i64,
-    /// Streams synced at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Minutes behind now that reading stops, since recent events may not be exportable yet
+    /// [default: 10].
+    #[arg(long, value_name = "MINUTES", allow_negative_numbers = true)]
+    pub lag: Option<i64>,
+    /// Days before the cursor's day that incremental runs read again, for late events
+    /// [default: 1].
+    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+    pub lookback: Option<i64>,
+    /// Streams synced at once [default: 4].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+}
+
+impl SyncArgs {
+    /// The flags' layer of the configuration.
+    pub fn layer(&self) -> Layer {
+        Layer {
+            dest: self.dest.clone().map(|d| Given::flag("--dest", d)),
+            start_date: self
+                .start_date
+                .clone()
+                .map(|d| Given::flag("--start-date", d)),
+            end_date: self.end_date.clone().map(|d| Given::flag("--end-date", d)),
+            mode: self.mode.map(|m| Given::flag("--mode", SyncMode::from(m))),
+            lag: self.lag.map(|v| Given::flag("--lag", v)),
+            lookback: self.lookback.map(|v| Given::flag("--lookback", v)),
+            concurrency: self
+                .concurrency
+                .map(|v| Given::flag("--concurrency", i64::from(v))),
+            ..self.source.layer()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -101,6 +203,60 @@ impl From<ModeArg> for SyncMode {
 }
 
 #[derive(Debug, Args)]
+pub struct StreamsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print this stream's Arrow schema (the columns of its Parquet files).
+    #[arg(long, value_name = "STREAM")]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The lake: a local path, file:///path or s3://bucket/prefix.
+    #[arg(long, global = true, value_name = "URL")]
+    pub dest: Option<String>,
+    /// Read `dest` from this TOML file (the file `sync --config` reads); --dest wins.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<StateAction>,
+}
+
+impl StateArgs {
+    /// The flags' layer of the configuration.
+    pub fn layer(&self) -> Layer {
+        Layer {
+            dest: self.dest.clone().map(|d| Given::flag("--dest", d)),
+            ..Layer::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Forget the cursors and quarantined windows of streams, in a new manifest commit, so
+    /// the next sync extracts them again from --start-date. Their live files stay until
+    /// that run replaces the date partitions it reads again.
+    #[command(after_help = EXIT_CODES)]
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The streams to reset (names, or comma-separated lists).
+    #[arg(value_name = "STREAM", required_unless_present = "all")]
+    pub streams: Vec<String>,
+    /// Reset every stream the lake holds.
+    #[arg(long, conflicts_with = "streams")]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where to write the demo lake.
     #[arg(long, default_value = "./demo-lake")]
@@ -109,17 +265,22 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct FakeApiArgs {
+    /// Port on 127.0.0.1 (0: any free port; the base URL is printed).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Seed of the generated data.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// First day of data (UTC).
     #[arg(long, default_value = "2024-01-01")]
     pub start: String,
+    /// Days of data.
     #[arg(long, default_value_t = 3)]
     pub days: u32,
+    /// Mean events per day for each event type.
     #[arg(long, default_value_t = 1000)]
     pub events_per_day: u32,
+    /// User profiles.
     #[arg(long, default_value_t = 1000)]
     pub users: u32,
     /// The key the fake accepts.
@@ -127,155 +288,65 @@ pub struct FakeApiArgs {
     pub api_key: String,
 }
 
-/// A usage error: bad input the user can fix.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    #[error("unknown stream {name:?}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
-    UnknownStream {
-        name: String,
-        suggestion: Option<String>,
-    },
-    #[error("no stream selected")]
-    NoStreams,
-    #[error("{flag}: {value:?} is not a date or instant (use 2024-01-01 or 2024-01-01T00:00:00Z)")]
-    BadDate { flag: &'static str, value: String },
-    #[error("--start-date {start} is not before --end-date {end}")]
-    StartAfterEnd {
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    },
-    #[error("{flag} must be {what}")]
-    Bad {
-        flag: &'static str,
-        what: &'static str,
-    },
-}
-
-/// Resolve `--streams`.
-pub fn select_streams(spec: &str) -> Result<Vec<&'static StreamDef>, UsageError> {
-    let mut out: Vec<&'static StreamDef> = Vec::new();
-    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if name == "all" {
-            out.extend(catalog::STREAMS.iter());
-            continue;
-        }
-        match catalog::find(name) {
-            Some(s) => out.push(s),
-            None => {
-                let suggestion = catalog::STREAMS
-                    .iter()
-                    .map(|s| (strsim::jaro_winkler(name, s.name), s.name))
-                    .filter(|(score, _)| *score > 0.8)
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, n)| n.to_string());
-                return Err(UsageError::UnknownStream {
-                    name: name.to_string(),
-                    suggestion,
-                });
-            }
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|s| seen.insert(s.name));
-    if out.is_empty() {
-        return Err(UsageError::NoStreams);
-    }
-    Ok(out)
-}
-
-/// Parse a `--start-date`/`--end-date` value.
-pub fn parse_date(flag: &'static str, value: &str) -> Result<DateTime<Utc>, UsageError> {
-    parse_instant(value)
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(|| UsageError::BadDate {
-            flag,
-            value: value.to_string(),
-        })
-}
-
-/// The validated options of `sync` (no I/O).
-pub fn sync_options(
-    args: &SyncArgs,
-    now: DateTime<Utc>,
-) -> Result<crate::sync::SyncOptions, UsageError> {
-    let mut opts = crate::sync::SyncOptions::new(select_streams(&args.streams)?);
-    opts.now = now;
-    opts.start = args
-        .start_date
-        .as_deref()
-        .map(|v| parse_date("--start-date", v))
-        .transpose()?;
-    opts.end = args
-        .end_date
-        .as_deref()
-        .map(|v| parse_date("--end-date", v))
-        .transpose()?;
-    if let (Some(start), Some(end)) = (opts.start, opts.end)
-        && start >= end
-    {
-        return Err(UsageError::StartAfterEnd { start, end });
-    }
-    opts.mode = args.mode.map(SyncMode::from);
-    if args.lag < 0 {
-        return Err(UsageError::Bad {
-            flag: "--lag",
-            what: "zero or more minutes",
-        });
-    }
-    if args.lookback < 0 {
-        return Err(UsageError::Bad {
-            flag: "--lookback",
-            what: "zero or more days",
-        });
-    }
-    if args.concurrency == 0 {
-        return Err(UsageError::Bad {
-            flag: "--concurrency",
-            what: "at least 1",
-        });
-    }
-    if args.export_requests_per_minute == 0 {
-        return Err(UsageError::Bad {
-            flag: "--export-requests-per-minute",
-            what: "at least 1",
-        });
-    }
-    opts.lag = Duration::minutes(args.lag);
-    opts.lookback_days = args.lookback;
-    opts.concurrency = args.concurrency;
-    Ok(opts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
-    fn streams_resolve_with_suggestions() {
-        assert_eq!(select_streams("all").unwrap().len(), catalog::STREAMS.len());
-        let two = select_streams("email_send, users,email_send").unwrap();
-        assert_eq!(
-            two.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["email_send", "users"]
-        );
-        let err = select_streams("email_sned").unwrap_err().to_string();
-        assert_eq!(
-            err,
-            r#"unknown stream "email_sned" (did you mean "email_send"?)"#
-        );
-        assert!(matches!(select_streams(" , "), Err(UsageError::NoStreams)));
+    fn the_command_line_is_consistent_and_every_flag_has_help() {
+        Cli::command().debug_assert();
+        fn walk(cmd: &clap::Command) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{id} has no help",
+                    cmd.get_name()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+                    walk(sub);
+                }
+            }
+        }
+        walk(&Cli::command());
     }
 
     #[test]
-    fn dates_parse_or_say_why() {
-        let d = parse_date("--start-date", "2024-01-02").unwrap();
-        assert_eq!(d.to_rfc3339(), "2024-01-02T00:00:00+00:00");
-        let err = parse_date("--start-date", "2024-13-01")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--start-date") && err.contains("2024-13-01"),
-            "{err}"
-        );
+    fn flags_become_a_layer() {
+        let cli = Cli::try_parse_from([
+            "iterable-lake",
+            "sync",
+            "--dest",
+            "/l",
+            "--streams",
+            "email_send,users",
+            "--exclude",
+            "users",
+            "--region",
+            "eu",
+            "--lag",
+            "0",
+            "--concurrency",
+            "2",
+        ])
+        .unwrap();
+        let Command::Sync(args) = cli.command else {
+            panic!("sync")
+        };
+        let layer = args.layer();
+        assert_eq!(layer.dest.unwrap().value, "/l");
+        assert_eq!(layer.streams.unwrap().value, ["email_send", "users"]);
+        assert_eq!(layer.exclude.unwrap().value, ["users"]);
+        assert_eq!(layer.endpoint.unwrap().value, Endpoint::Region(Region::Eu));
+        assert_eq!(layer.lag.unwrap().value, 0);
+        assert_eq!(layer.concurrency.unwrap().value, 2);
+        assert!(layer.key.is_none() && layer.lookback.is_none());
     }
 }

@@ -3,10 +3,15 @@
 pub mod api;
 pub mod app;
 pub mod catalog;
+pub mod check;
 pub mod cli;
+pub mod config;
 pub mod convert;
 pub mod fake;
 pub mod manifest;
+pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod state;
+pub mod streams;
 pub mod sync;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    app::init_logging(cli.log_format);
+    let progress = app::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -27,11 +27,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    match runtime.block_on(app::run(cli)) {
+    match runtime.block_on(app::run(cli, progress)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(exit::FAILED)
+            eprintln!("error: {}", app::error_line(&e));
+            ExitCode::from(app::error_code(&e))
         }
     }
 }
