@@ -132,10 +132,13 @@ async fn probe_stream(
     stream: &'static StreamDef,
     window: (DateTime<Utc>, DateTime<Utc>),
 ) -> Probe {
-    let Source::Export {
-        data_type,
-        alt_data_type,
-    } = stream.source;
+    let (data_type, alt_data_type) = match stream.source {
+        Source::Export {
+            data_type,
+            alt_data_type,
+        } => (data_type, alt_data_type),
+        other => return probe_list_style(client, stream, other).await,
+    };
     let query = |dt: &str| {
         vec![
             ("dataTypeName", dt.to_string()),
@@ -160,6 +163,30 @@ async fn probe_stream(
     Probe {
         stream: stream.name,
         data_type,
+        readable: error.is_none(),
+        error,
+    }
+}
+
+/// Probe a list-style stream with one cheap request to its endpoint (for list members and
+/// metadata, their index: `lists` and `metadata`, whose own limits are generous).
+async fn probe_list_style(client: &ApiClient, stream: &'static StreamDef, source: Source) -> Probe {
+    let (path, query): (&str, Vec<(&str, String)>) = match source {
+        Source::Json {
+            path, paged: true, ..
+        } => (path, vec![("page", "1".into()), ("pageSize", "1".into())]),
+        Source::Json { path, .. } => (path, Vec::new()),
+        Source::ListUsers => ("lists", Vec::new()),
+        Source::Metadata | Source::Export { .. } => ("metadata", Vec::new()),
+    };
+    let error = client
+        .get(Family::Other, path, &query)
+        .await
+        .err()
+        .map(|e| short(&e));
+    Probe {
+        stream: stream.name,
+        data_type: stream.data_type(),
         readable: error.is_none(),
         error,
     }

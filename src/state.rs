@@ -260,6 +260,7 @@ mod tests {
             run: "r".into(),
         });
         s.quarantine.push(Quarantined {
+            key: None,
             start: "2024-01-02T00:00:00Z".parse().unwrap(),
             end: "2024-01-03T00:00:00Z".parse().unwrap(),
             error: "response cut off".into(),

@@ -4,7 +4,7 @@
 use arrow::datatypes::{DataType, Field};
 use serde::Serialize;
 
-use crate::catalog::{STREAMS, Source, StreamDef, SyncMode};
+use crate::catalog::{Layout, STREAMS, Source, StreamDef, SyncMode};
 use crate::convert::StreamSchema;
 use crate::convert::schema::SchemaError;
 
@@ -12,29 +12,61 @@ use crate::convert::schema::SchemaError;
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamInfo {
     pub name: &'static str,
-    pub endpoint: &'static str,
+    pub endpoint: String,
     pub data_type: &'static str,
     pub sync_modes: Vec<SyncMode>,
     pub default_mode: SyncMode,
     pub cursor_field: &'static str,
     pub primary_key: &'static [&'static str],
     pub partitioning: String,
+    /// `partitioning` in a word or two, for the table.
+    #[serde(skip)]
+    pub partitioned_by: String,
 }
 
 pub fn info(def: &StreamDef) -> StreamInfo {
-    let Source::Export { data_type, .. } = def.source;
+    let endpoint = match def.source {
+        Source::Export { .. } => "GET /api/export/data.json".to_string(),
+        Source::Json {
+            path,
+            per_template_kind,
+            ..
+        } => {
+            let fan_out = if per_template_kind {
+                " (per templateType × messageMedium)"
+            } else {
+                ""
+            };
+            format!("GET /api/{path}{fan_out}")
+        }
+        Source::ListUsers => "GET /api/lists/getUsers".to_string(),
+        Source::Metadata => "GET /api/metadata/{table}/{key}".to_string(),
+    };
+    let append = "full-refresh-append: under snapshot_date=<run day>";
+    let (partitioning, partitioned_by) = match def.layout {
+        Layout::Dated => (
+            format!("date=<UTC date of {}> ({append})", def.cursor_field),
+            format!("date({})", def.cursor_field),
+        ),
+        Layout::Snapshot => (
+            format!("none: one snapshot per run ({append})"),
+            "-".to_string(),
+        ),
+        Layout::PerList => (
+            format!("list_id=<list id> ({append})"),
+            "list_id".to_string(),
+        ),
+    };
     StreamInfo {
         name: def.name,
-        endpoint: "GET /api/export/data.json",
-        data_type,
-        sync_modes: SyncMode::ALL.to_vec(),
+        endpoint,
+        data_type: def.data_type(),
+        sync_modes: def.modes().to_vec(),
         default_mode: def.default_mode,
         cursor_field: def.cursor_field,
         primary_key: def.primary_key,
-        partitioning: format!(
-            "date=<UTC date of {}> (full-refresh-append: under snapshot_date=<run day>)",
-            def.cursor_field
-        ),
+        partitioning,
+        partitioned_by,
     }
 }
 
@@ -55,8 +87,8 @@ pub fn render(streams: &[StreamInfo]) -> String {
             s.primary_key.join("|")
         };
         out += &format!(
-            "{:<28} {:<26} {:<24} {:<13} {:<17} {:<14} date({})\n",
-            s.name, s.endpoint, s.data_type, s.default_mode, s.cursor_field, key, s.cursor_field
+            "{:<28} {:<26} {:<24} {:<13} {:<17} {:<14} {}\n",
+            s.name, s.endpoint, s.data_type, s.default_mode, s.cursor_field, key, s.partitioned_by
         );
     }
     out += &format!(
