@@ -178,6 +178,9 @@ fn client(api: &ApiSettings, retry: Option<RetryPolicy>) -> Result<ApiClient> {
     if let Some(n) = api.export_requests_per_minute {
         cfg.export_requests_per_minute = n;
     }
+    if let Some(n) = api.list_users_requests_per_minute {
+        cfg.list_users_requests_per_minute = n;
+    }
     if let Some(retry) = retry {
         cfg.retry = retry;
         cfg.connect_timeout = Duration::from_secs(10);
@@ -445,6 +448,7 @@ async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
     println!("fake Iterable API on {}", fake.base_url());
     let mut client_cfg = ClientConfig::new(Url::parse(&fake.base_url())?, key);
     client_cfg.export_requests_per_minute = 100_000;
+    client_cfg.list_users_requests_per_minute = 100_000;
     let client = ApiClient::new(client_cfg)?;
     let mut opts = sync::SyncOptions::new(STREAMS.iter().collect());
     opts.start = Some(start);

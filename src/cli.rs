@@ -97,6 +97,9 @@ pub struct SourceArgs {
     /// Export requests per minute, shared by all streams (Iterable allows 4) [default: 4].
     #[arg(long, value_name = "N")]
     pub export_requests_per_minute: Option<u32>,
+    /// List-member requests (lists/getUsers) per minute (Iterable allows 5) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub list_users_requests_per_minute: Option<u32>,
 }
 
 impl SourceArgs {
@@ -124,6 +127,9 @@ impl SourceArgs {
             export_requests_per_minute: self
                 .export_requests_per_minute
                 .map(|n| Given::flag("--export-requests-per-minute", i64::from(n))),
+            list_users_requests_per_minute: self
+                .list_users_requests_per_minute
+                .map(|n| Given::flag("--list-users-requests-per-minute", i64::from(n))),
             ..Layer::default()
         }
     }

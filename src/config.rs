@@ -85,6 +85,7 @@ pub struct Layer {
     pub lookback: Option<Given<i64>>,
     pub concurrency: Option<Given<i64>>,
     pub export_requests_per_minute: Option<Given<i64>>,
+    pub list_users_requests_per_minute: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -105,6 +106,9 @@ impl Layer {
             export_requests_per_minute: self
                 .export_requests_per_minute
                 .or(lower.export_requests_per_minute),
+            list_users_requests_per_minute: self
+                .list_users_requests_per_minute
+                .or(lower.list_users_requests_per_minute),
         }
     }
 
@@ -267,6 +271,8 @@ pub struct ApiSettings {
     pub key: Given<KeySpec>,
     /// `None`: the client's default (Iterable's limit).
     pub export_requests_per_minute: Option<u32>,
+    /// `None`: the client's default (Iterable's limit).
+    pub list_users_requests_per_minute: Option<u32>,
 }
 
 /// A validated `sync`.
@@ -322,15 +328,16 @@ impl Layer {
             }
         };
         let key = self.key.clone().ok_or(ConfigError::NoKey)?;
-        let export_requests_per_minute = self
-            .export_requests_per_minute
-            .as_ref()
-            .map(|g| at_least(g, 1, "at least 1").map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
-            .transpose()?;
+        let per_minute = |g: &Option<Given<i64>>| {
+            g.as_ref()
+                .map(|g| at_least(g, 1, "at least 1").map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
+                .transpose()
+        };
         Ok(ApiSettings {
             base_url,
             key,
-            export_requests_per_minute,
+            export_requests_per_minute: per_minute(&self.export_requests_per_minute)?,
+            list_users_requests_per_minute: per_minute(&self.list_users_requests_per_minute)?,
         })
     }
 
@@ -442,6 +449,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "lookback",
     "concurrency",
     "export_requests_per_minute",
+    "list_users_requests_per_minute",
     "api_key_file",
     "api_key",
 ];
@@ -584,6 +592,9 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
             "concurrency" => layer.concurrency = some(toml_integer(v, &origin)?, &origin),
             "export_requests_per_minute" => {
                 layer.export_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
+            }
+            "list_users_requests_per_minute" => {
+                layer.list_users_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));

@@ -452,12 +452,15 @@ impl StreamCtx<'_> {
         }
     }
 
-    /// Files of the stream that a full refresh in `mode` replaces: all of them, or in append
-    /// mode those of the same snapshot date.
+    /// Files of the stream that a full refresh in `mode` replaces: all of them; in append
+    /// mode those of the same snapshot date, and those another mode wrote (outside any
+    /// snapshot date), so a change of mode never leaves two layouts live.
     fn replaced_by(&self, mode: SyncMode, file: &LiveFile) -> bool {
         match mode {
             SyncMode::FullRefreshAppend => {
+                let prefix = format!("{}/snapshot_date=", self.stream.name);
                 file.file.path.starts_with(&format!("{}/", self.dir(mode)))
+                    || !file.file.path.starts_with(&prefix)
             }
             _ => true,
         }

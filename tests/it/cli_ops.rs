@@ -387,6 +387,8 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
         END,
         "--export-requests-per-minute",
         "100000",
+        "--list-users-requests-per-minute",
+        "100000",
     ];
     let first = run(&sync_args, &[]).await;
     assert_code(&first, 0);
@@ -573,6 +575,8 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
             "1",
             "--export-requests-per-minute",
             "100000",
+            "--list-users-requests-per-minute",
+            "100000",
         ],
         &[],
     )
@@ -624,6 +628,8 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
             "--end-date",
             END,
             "--export-requests-per-minute",
+            "100000",
+            "--list-users-requests-per-minute",
             "100000",
         ],
         &[],
@@ -749,6 +755,8 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
                     END,
                     "--export-requests-per-minute",
                     "100000",
+                    "--list-users-requests-per-minute",
+                    "100000",
                     "--log-format",
                     format,
                 ],
@@ -773,6 +781,8 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
                 "--streams",
                 "email_send",
                 "--export-requests-per-minute",
+                "100000",
+                "--list-users-requests-per-minute",
                 "100000",
             ],
             &[("RUST_LOG", "debug")],
@@ -831,6 +841,8 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
             "--end-date",
             END,
             "--export-requests-per-minute",
+            "100000",
+            "--list-users-requests-per-minute",
             "100000",
         ]
         .iter()

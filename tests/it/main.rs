@@ -8,4 +8,6 @@ mod export_sync;
 mod fake_export;
 mod fake_rest;
 mod harness;
+mod lake;
+mod rest_sync;
 mod support;

@@ -1,0 +1,37 @@
+//! Reading a lake back in tests: the live files the manifest names, as record batches.
+
+use arrow::record_batch::RecordBatch;
+use iterable_lake::manifest::{LiveFile, Manifest};
+use iterable_lake::sink::LakeStore;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Every live file of `stream` with its rows, checking each file's row count against the
+/// manifest.
+pub async fn live_batches(lake: &LakeStore, stream: &str) -> Vec<(LiveFile, Vec<RecordBatch>)> {
+    let manifest = Manifest::load(lake).await.unwrap();
+    let Some(state) = manifest.streams.get(stream) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for f in &state.files {
+        let bytes = lake
+            .store
+            .get(&lake.path(&f.file.path))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows as u64, f.file.rows, "{}", f.file.path);
+        out.push((f.clone(), batches));
+    }
+    out
+}
