@@ -1,0 +1,507 @@
+//! Orchestration of a sync run: which windows each stream reads, in what order, how failed
+//! windows are split, retried and quarantined, and when results are committed.
+//!
+//! Incremental export streams work in *units* of whole UTC days (the last one ends at
+//! `now - lag`). A unit is fetched as one or more windows (split when a response is cut off
+//! or times out), then committed on its own: its files replace the live files of the date
+//! partitions it covers, and the cursor moves to its end. So a crash loses at most the unit
+//! in flight, and re-reading a period (the settling window) never duplicates it. A unit
+//! that still fails is quarantined in the manifest, retried on the next run, and reported
+//! (`dated`). Full refreshes and the list-style snapshot streams commit once, at the end of
+//! the stream (`snapshot`). Streams run concurrently and fail independently; their commits go
+//! through one in-process lock onto the manifest.
+
+mod dated;
+mod snapshot;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::api::ApiClient;
+use crate::catalog::{Layout, StreamDef, SyncMode};
+use crate::convert::{Decoder, StreamSchema};
+use crate::manifest::{LiveFile, Manifest, ManifestError, StreamState};
+use crate::sink::{
+    FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
+};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// Unreferenced files younger than this may belong to a run in progress and are kept.
+const GARBAGE_MIN_AGE: Duration = Duration::hours(1);
+/// The version of the schemas this build writes.
+const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("stream {stream}: {source}")]
+    Schema {
+        stream: String,
+        source: crate::convert::schema::SchemaError,
+    },
+}
+
+/// How windows are sized and retried.
+#[derive(Debug, Clone)]
+pub struct WindowPolicy {
+    /// Days in the first unit of a stream.
+    pub initial_days: i64,
+    pub max_days: i64,
+    /// Units are sized to hold about this many records.
+    pub target_rows: u64,
+    /// Fetch attempts per unit (its windows' failures added up) before it is quarantined.
+    pub max_attempts: u32,
+    /// Windows are not split below this many seconds.
+    pub min_window_secs: i64,
+}
+
+impl Default for WindowPolicy {
+    fn default() -> Self {
+        WindowPolicy {
+            initial_days: 7,
+            max_days: 90,
+            target_rows: 2_000_000,
+            max_attempts: 6,
+            min_window_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub streams: Vec<&'static StreamDef>,
+    /// Overrides each stream's default mode.
+    pub mode: Option<SyncMode>,
+    /// Where a stream with no cursor starts (and where full refreshes start).
+    pub start: Option<DateTime<Utc>>,
+    /// The run reads nothing at or after this instant (and nothing after `now - lag`).
+    pub end: Option<DateTime<Utc>>,
+    pub lag: Duration,
+    /// Days before the cursor's day that incremental runs read again (late events).
+    pub lookback_days: i64,
+    /// Streams synced at once.
+    pub concurrency: usize,
+    pub window: WindowPolicy,
+    pub limits: WriterLimits,
+    pub now: DateTime<Utc>,
+}
+
+impl SyncOptions {
+    pub fn new(streams: Vec<&'static StreamDef>) -> Self {
+        SyncOptions {
+            streams,
+            mode: None,
+            start: None,
+            end: None,
+            lag: Duration::minutes(10),
+            lookback_days: 1,
+            concurrency: 4,
+            window: WindowPolicy::default(),
+            limits: WriterLimits::default(),
+            now: Utc::now(),
+        }
+    }
+}
+
+/// How a stream's run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "error", rename_all = "snake_case")]
+pub enum StreamStatus {
+    Succeeded,
+    UpToDate,
+    /// Committed, with windows quarantined.
+    Quarantined,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineReport {
+    /// What failed when it is not a time window, e.g. `list_id=123`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    pub stream: String,
+    pub mode: SyncMode,
+    #[serde(flatten)]
+    pub status: StreamStatus,
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub windows: u64,
+    pub window_retries: u64,
+    pub malformed_lines: u64,
+    pub commits: u64,
+    pub cursor: Option<DateTime<Utc>>,
+    pub quarantined: Vec<QuarantineReport>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub dest: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub streams: Vec<StreamReport>,
+    pub requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub backoff_seconds: f64,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> Vec<&StreamReport> {
+        self.streams
+            .iter()
+            .filter(|s| matches!(s.status, StreamStatus::Failed(_)))
+            .collect()
+    }
+
+    pub fn quarantined(&self) -> bool {
+        self.streams
+            .iter()
+            .any(|s| s.status == StreamStatus::Quarantined)
+    }
+}
+
+/// A new run id: sortable by time, unique across concurrent runs.
+pub fn new_run_id(now: DateTime<Utc>) -> String {
+    format!(
+        "{}-{:06x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// State shared by the streams of one run.
+struct Run {
+    lake: LakeStore,
+    client: ApiClient,
+    manifest: Mutex<Manifest>,
+    run_id: String,
+    opts: SyncOptions,
+    extracted_at: i64,
+}
+
+impl Run {
+    /// Apply `change` to the stream's state and commit; delete the files it returns after.
+    async fn commit<F>(
+        &self,
+        stream: &StreamDef,
+        change: F,
+    ) -> Result<Option<DateTime<Utc>>, ManifestError>
+    where
+        F: FnOnce(&mut StreamState) -> Vec<String>,
+    {
+        let (superseded, cursor) = {
+            let mut manifest = self.manifest.lock().await;
+            let mut next = manifest.clone();
+            let state = next
+                .streams
+                .entry(stream.name.to_string())
+                .or_insert_with(|| {
+                    StreamState::new(stream.default_mode, stream.cursor_field, SCHEMA_VERSION)
+                });
+            let superseded = change(state);
+            state.last_run = Some(self.run_id.clone());
+            let cursor = state.cursor;
+            next.commit(&self.lake, &self.run_id).await?;
+            *manifest = next;
+            (superseded, cursor)
+        };
+        for path in superseded {
+            if let Err(e) = self.lake.store.delete(&self.lake.path(&path)).await {
+                tracing::warn!(path, error = %e, "could not delete a superseded file; the next run removes it");
+            }
+        }
+        Ok(cursor)
+    }
+
+    async fn delete_files(&self, files: &[WrittenFile]) {
+        for f in files {
+            let _ = self.lake.store.delete(&self.lake.path(&f.path)).await;
+        }
+    }
+}
+
+/// Sync `opts.streams` from the API into the lake and return the run's report. Streams
+/// fail independently: a failure is in the report, not an `Err`.
+pub async fn run(
+    lake: LakeStore,
+    client: ApiClient,
+    opts: SyncOptions,
+) -> Result<RunReport, SyncError> {
+    let started_at = Utc::now();
+    let manifest = Manifest::load(&lake).await?;
+    let run_id = new_run_id(started_at);
+    tracing::info!(run = %run_id, dest = %lake.display, streams = opts.streams.len(), "sync started");
+    let mut schemas = Vec::new();
+    for s in &opts.streams {
+        let schema = StreamSchema::parse(s.name, s.schema, s.is_event()).map_err(|source| {
+            SyncError::Schema {
+                stream: s.name.to_string(),
+                source,
+            }
+        })?;
+        schemas.push((*s, Arc::new(schema)));
+    }
+    remove_garbage(&lake, &manifest, &opts.streams).await;
+    let run = Arc::new(Run {
+        extracted_at: started_at.timestamp_micros(),
+        lake,
+        client,
+        manifest: Mutex::new(manifest),
+        run_id,
+        opts,
+    });
+    let concurrency = run.opts.concurrency.max(1);
+    let streams: Vec<StreamReport> = futures::stream::iter(schemas)
+        .map(|(stream, schema)| {
+            let run = run.clone();
+            async move { run_stream(&run, stream, schema).await }
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    let stats = &run.client.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let report = RunReport {
+        run_id: run.run_id.clone(),
+        dest: run.lake.display.clone(),
+        started_at,
+        finished_at: Utc::now(),
+        streams,
+        requests: load(&stats.requests),
+        retries: load(&stats.retries),
+        rate_limited: load(&stats.rate_limited),
+        backoff_seconds: load(&stats.backoff_ms) as f64 / 1000.0,
+    };
+    write_report(&run.lake, &report).await;
+    Ok(report)
+}
+
+/// Write the run's report to `_runs/<run-id>.json` for monitoring.
+async fn write_report(lake: &LakeStore, report: &RunReport) {
+    let body = serde_json::to_vec_pretty(report).expect("the report serializes");
+    let path = lake.path(&format!("_runs/{}.json", report.run_id));
+    if let Err(e) = lake.store.put(&path, body.into()).await {
+        tracing::warn!(error = %e, "could not write the run report");
+    }
+}
+
+/// Delete files under the streams' folders that no manifest names and that are old enough
+/// not to belong to a run in progress (leftovers of crashed runs).
+async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'static StreamDef]) {
+    let live: BTreeSet<&str> = manifest.live_paths().collect();
+    let cutoff = Utc::now() - GARBAGE_MIN_AGE;
+    for s in streams {
+        let prefix = lake.path(s.name);
+        let Ok(objects) = lake.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
+            continue;
+        };
+        for o in objects {
+            let relative = lake.relative(&o.location);
+            if !live.contains(relative.as_str()) && o.last_modified < cutoff {
+                tracing::info!(path = %relative, "removing a file no commit names");
+                let _ = lake.store.delete(&o.location).await;
+            }
+        }
+    }
+}
+
+fn floor_day(micros: i64) -> i64 {
+    day_of(micros) * MICROS_PER_DAY
+}
+
+fn to_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).expect("in range")
+}
+
+struct Progress {
+    report: StreamReport,
+}
+
+async fn run_stream(
+    run: &Run,
+    stream: &'static StreamDef,
+    schema: Arc<StreamSchema>,
+) -> StreamReport {
+    let t0 = Instant::now();
+    let mode = run.opts.mode.unwrap_or(stream.default_mode);
+    tracing::info!(stream = stream.name, %mode, "stream started");
+    let mut p = Progress {
+        report: StreamReport {
+            stream: stream.name.to_string(),
+            mode,
+            status: StreamStatus::Succeeded,
+            rows: 0,
+            files: 0,
+            bytes: 0,
+            windows: 0,
+            window_retries: 0,
+            malformed_lines: 0,
+            commits: 0,
+            cursor: None,
+            quarantined: Vec::new(),
+            seconds: 0.0,
+        },
+    };
+    let decoder = Arc::new(Decoder::new(
+        schema.clone(),
+        run.extracted_at,
+        stream.data_type(),
+    ));
+    let ctx = StreamCtx {
+        run,
+        stream,
+        decoder,
+        schema,
+        namer: FileNamer::new(&run.run_id),
+    };
+    let result = match (stream.layout, mode) {
+        (Layout::Dated, SyncMode::Incremental) => ctx.incremental(&mut p).await,
+        (Layout::Dated, _) => ctx.full_refresh(mode, &mut p).await,
+        (_, SyncMode::Incremental) => {
+            tracing::info!(
+                stream = stream.name,
+                mode = %stream.default_mode,
+                "a snapshot stream has no incremental mode; using its default"
+            );
+            p.report.mode = stream.default_mode;
+            ctx.snapshot(stream.default_mode, &mut p).await
+        }
+        (_, mode) => ctx.snapshot(mode, &mut p).await,
+    };
+    if let Err(e) = result {
+        tracing::error!(stream = stream.name, error = %e, "stream failed");
+        p.report.status = StreamStatus::Failed(e);
+    } else if !p.report.quarantined.is_empty() {
+        p.report.status = StreamStatus::Quarantined;
+    }
+    p.report.seconds = t0.elapsed().as_secs_f64();
+    tracing::info!(stream = stream.name, rows = p.report.rows, files = p.report.files, status = ?p.report.status, "stream done");
+    p.report
+}
+
+struct StreamCtx<'r> {
+    run: &'r Run,
+    stream: &'static StreamDef,
+    decoder: Arc<Decoder>,
+    schema: Arc<StreamSchema>,
+    namer: Arc<FileNamer>,
+}
+
+impl StreamCtx<'_> {
+    fn opts(&self) -> &SyncOptions {
+        &self.run.opts
+    }
+
+    fn writer(
+        &self,
+        dir: &str,
+        partitioning: Partitioning,
+        cursor_column: Option<usize>,
+    ) -> PartitionedWriter {
+        PartitionedWriter::new(
+            self.run.lake.clone(),
+            dir.to_string(),
+            self.schema.arrow.clone(),
+            partitioning,
+            cursor_column,
+            self.namer.clone(),
+            self.opts().limits,
+        )
+    }
+
+    /// The folder of this run's files: the stream's, or its snapshot-date folder in append mode.
+    fn dir(&self, mode: SyncMode) -> String {
+        match mode {
+            SyncMode::FullRefreshAppend => format!(
+                "{}/snapshot_date={}",
+                self.stream.name,
+                self.opts().now.date_naive()
+            ),
+            _ => self.stream.name.to_string(),
+        }
+    }
+
+    /// Files of the stream that a full refresh in `mode` replaces: all of them; in append
+    /// mode those of the same snapshot date, and those another mode wrote (outside any
+    /// snapshot date), so a change of mode never leaves two layouts live.
+    fn replaced_by(&self, mode: SyncMode, file: &LiveFile) -> bool {
+        match mode {
+            SyncMode::FullRefreshAppend => {
+                let prefix = format!("{}/snapshot_date=", self.stream.name);
+                file.file.path.starts_with(&format!("{}/", self.dir(mode)))
+                    || !file.file.path.starts_with(&prefix)
+            }
+            _ => true,
+        }
+    }
+
+    /// The end of this run's reading: the earlier of `--end-date` and `now - lag`.
+    fn end(&self) -> i64 {
+        let cap = self.opts().now - self.opts().lag;
+        self.opts()
+            .end
+            .map_or(cap, |e| e.min(cap))
+            .timestamp_micros()
+    }
+
+    async fn state(&self) -> Option<StreamState> {
+        self.run
+            .manifest
+            .lock()
+            .await
+            .streams
+            .get(self.stream.name)
+            .cloned()
+    }
+
+    fn count(&self, files: &[WrittenFile], p: &mut Progress) -> u64 {
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        p.report.rows += rows;
+        p.report.files += files.len() as u64;
+        p.report.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
+        rows
+    }
+
+    fn live(&self, files: Vec<WrittenFile>) -> Vec<LiveFile> {
+        files
+            .into_iter()
+            .map(|file| LiveFile {
+                file,
+                run: self.run.run_id.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_differ() {
+        let t = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z")
+            .unwrap()
+            .to_utc();
+        let a = new_run_id(t);
+        assert!(a.starts_with("20240102T030405Z-"), "{a}");
+        assert_ne!(a, new_run_id(t));
+    }
+}
