@@ -35,32 +35,41 @@ pub struct ExportFetcher {
     pub client: ApiClient,
     pub stream: &'static StreamDef,
     pub decoder: Arc<Decoder>,
+    data_type: &'static str,
+    alt_data_type: Option<&'static str>,
     /// Set once the server rejected the stream's first data type spelling.
     use_alt_spelling: AtomicBool,
 }
 
 impl ExportFetcher {
-    pub fn new(client: ApiClient, stream: &'static StreamDef, decoder: Arc<Decoder>) -> Self {
-        ExportFetcher {
-            client,
-            stream,
-            decoder,
-            use_alt_spelling: AtomicBool::new(false),
-        }
-    }
-
-    fn data_type(&self) -> (&'static str, Option<&'static str>) {
+    /// The fetcher of an export stream; `None` for other streams.
+    pub fn new(
+        client: ApiClient,
+        stream: &'static StreamDef,
+        decoder: Arc<Decoder>,
+    ) -> Option<Self> {
         let Source::Export {
             data_type,
             alt_data_type,
-        } = self.stream.source
+        } = stream.source
         else {
-            unreachable!("export fetchers are made for export streams only")
+            return None;
         };
+        Some(ExportFetcher {
+            client,
+            stream,
+            decoder,
+            data_type,
+            alt_data_type,
+            use_alt_spelling: AtomicBool::new(false),
+        })
+    }
+
+    fn data_type(&self) -> (&'static str, Option<&'static str>) {
         if self.use_alt_spelling.load(Ordering::Relaxed) {
-            (alt_data_type.unwrap_or(data_type), None)
+            (self.alt_data_type.unwrap_or(self.data_type), None)
         } else {
-            (data_type, alt_data_type)
+            (self.data_type, self.alt_data_type)
         }
     }
 

@@ -26,8 +26,9 @@ impl StreamCtx<'_> {
             .expect("catalog tests check every dated schema declares its cursor")
     }
 
-    fn fetcher(&self) -> ExportFetcher {
+    fn fetcher(&self) -> Result<ExportFetcher, String> {
         ExportFetcher::new(self.run.client.clone(), self.stream, self.decoder.clone())
+            .ok_or_else(|| format!("{} is not an export stream", self.stream.name))
     }
 
     /// Fetch one unit as windows, splitting windows that are cut off or time out.
@@ -96,7 +97,7 @@ impl StreamCtx<'_> {
     }
 
     pub(super) async fn incremental(&self, p: &mut Progress) -> Result<(), String> {
-        let fetcher = self.fetcher();
+        let fetcher = self.fetcher()?;
         let state = self.state().await;
         let cursor = state
             .as_ref()
@@ -239,7 +240,7 @@ impl StreamCtx<'_> {
         let Some(start) = self.opts().start else {
             return Err("a full refresh needs --start-date".to_string());
         };
-        let fetcher = self.fetcher();
+        let fetcher = self.fetcher()?;
         let start = floor_day(start.timestamp_micros());
         let end = self.end();
         let dir = self.dir(mode);
