@@ -14,13 +14,17 @@ pub enum SyncMode {
     FullRefreshOverwrite,
     /// Each run adds a `snapshot_date=` partition.
     FullRefreshAppend,
+    /// Like `Incremental`, but keeps one row per primary key (the latest by cursor) in
+    /// hash-bucketed files, rewriting only the buckets whose keys changed.
+    IncrementalDeduped,
 }
 
 impl SyncMode {
-    pub const ALL: [SyncMode; 3] = [
+    pub const ALL: [SyncMode; 4] = [
         SyncMode::Incremental,
         SyncMode::FullRefreshOverwrite,
         SyncMode::FullRefreshAppend,
+        SyncMode::IncrementalDeduped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -28,6 +32,7 @@ impl SyncMode {
             SyncMode::Incremental => "incremental",
             SyncMode::FullRefreshOverwrite => "full-refresh-overwrite",
             SyncMode::FullRefreshAppend => "full-refresh-append",
+            SyncMode::IncrementalDeduped => "incremental-deduped",
         }
     }
 }
@@ -108,7 +113,12 @@ impl StreamDef {
     /// The sync modes the stream supports.
     pub fn modes(&self) -> &'static [SyncMode] {
         match self.layout {
-            Layout::Dated => &SyncMode::ALL,
+            Layout::Dated if !self.primary_key.is_empty() => &SyncMode::ALL,
+            Layout::Dated => &[
+                SyncMode::Incremental,
+                SyncMode::FullRefreshOverwrite,
+                SyncMode::FullRefreshAppend,
+            ],
             Layout::Snapshot | Layout::PerList => {
                 &[SyncMode::FullRefreshOverwrite, SyncMode::FullRefreshAppend]
             }

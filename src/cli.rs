@@ -196,6 +196,7 @@ pub enum ModeArg {
     Incremental,
     FullRefreshOverwrite,
     FullRefreshAppend,
+    IncrementalDeduped,
 }
 
 impl From<ModeArg> for SyncMode {
@@ -204,6 +205,7 @@ impl From<ModeArg> for SyncMode {
             ModeArg::Incremental => SyncMode::Incremental,
             ModeArg::FullRefreshOverwrite => SyncMode::FullRefreshOverwrite,
             ModeArg::FullRefreshAppend => SyncMode::FullRefreshAppend,
+            ModeArg::IncrementalDeduped => SyncMode::IncrementalDeduped,
         }
     }
 }

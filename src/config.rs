@@ -887,7 +887,7 @@ mod tests {
         );
         assert_eq!(
             err("mode = \"sometimes\""),
-            r#"lake.toml: mode: "sometimes" is not a mode (use incremental, full-refresh-overwrite, full-refresh-append)"#
+            r#"lake.toml: mode: "sometimes" is not a mode (use incremental, full-refresh-overwrite, full-refresh-append, incremental-deduped)"#
         );
         assert_eq!(
             err("api_key = \"k\"\napi_key_file = \"f\""),

@@ -79,10 +79,27 @@ pub struct StreamState {
     /// The instant through which the stream's data is complete.
     pub cursor: Option<DateTime<Utc>>,
     pub schema_version: u32,
+    /// Custom fields added to the stream's declared schema (users: from `users/getFields`),
+    /// in the order they were first seen; with the declared schema they reproduce the
+    /// schema of `schema_version`. Only ever grows, and a field's type never changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_fields: Vec<CustomField>,
+    /// In `incremental-deduped` mode: the number of `bucket=NN` folders, fixed at the
+    /// stream's first deduped sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u32>,
     pub files: Vec<LiveFile>,
     /// Windows that failed after every retry; retried on the next run.
     pub quarantine: Vec<Quarantined>,
     pub last_run: Option<String>,
+}
+
+/// A custom field as `users/getFields` reported it: dotted path and type name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CustomField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +128,8 @@ impl StreamState {
             cursor_field: cursor_field.to_string(),
             cursor: None,
             schema_version,
+            custom_fields: Vec::new(),
+            buckets: None,
             files: Vec::new(),
             quarantine: Vec::new(),
             last_run: None,

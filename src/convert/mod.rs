@@ -3,6 +3,7 @@
 pub mod decode;
 pub mod schema;
 pub mod timestamp;
+pub mod user_fields;
 
 pub use decode::{Decoded, Decoder};
 pub use schema::StreamSchema;

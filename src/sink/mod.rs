@@ -1,5 +1,6 @@
 //! Where data lands: the lake's object store and the partitioned Parquet writer.
 
+pub mod bucket;
 pub mod store;
 pub mod writer;
 

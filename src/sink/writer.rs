@@ -28,6 +28,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
+use super::bucket::{bucket_of, bucket_partition, row_keys};
 use super::store::LakeStore;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -106,6 +107,9 @@ pub enum Partitioning {
     CursorDate { column: usize, fallback_day: i64 },
     /// Every row in one folder below the writer's; empty for the writer's folder itself.
     Fixed(String),
+    /// `bucket=NN`: the hash bucket of the row's key, its first non-null `key` column
+    /// ([`bucket`](super::bucket)).
+    KeyBucket { key: Vec<usize>, buckets: u32 },
 }
 
 struct OpenFile {
@@ -198,6 +202,22 @@ impl PartitionedWriter {
             Partitioning::Fixed(folder) => {
                 let folder = folder.clone();
                 return self.write_part(folder, batch).await;
+            }
+            Partitioning::KeyBucket { key, buckets } => {
+                let buckets = *buckets;
+                let mut by_bucket: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+                for (i, k) in row_keys(&batch, key).iter().enumerate() {
+                    by_bucket
+                        .entry(bucket_of(k.as_deref(), buckets))
+                        .or_default()
+                        .push(i as u32);
+                }
+                for (bucket, rows) in by_bucket {
+                    let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
+                    self.write_part(bucket_partition(bucket, buckets), part)
+                        .await?;
+                }
+                return Ok(());
             }
             Partitioning::CursorDate {
                 column,

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::dedupe::{Bucketing, is_bucket_file};
 use super::{
     MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, floor_day, to_time,
 };
@@ -20,7 +21,7 @@ struct UnitFailure {
 }
 
 impl StreamCtx<'_> {
-    fn cursor_column(&self) -> usize {
+    pub(super) fn cursor_column(&self) -> usize {
         self.schema
             .position(self.stream.cursor_field)
             .expect("catalog tests check every dated schema declares its cursor")
@@ -37,6 +38,7 @@ impl StreamCtx<'_> {
         fetcher: &ExportFetcher,
         unit: Window,
         dir: &str,
+        bucketing: Option<&Bucketing>,
         p: &mut Progress,
     ) -> Result<Vec<WrittenFile>, UnitFailure> {
         let policy = &self.opts().window;
@@ -45,14 +47,17 @@ impl StreamCtx<'_> {
         let mut attempts = 0;
         while let Some(w) = queue.pop_front() {
             let column = self.cursor_column();
-            let writer = self.writer(
-                dir,
-                Partitioning::CursorDate {
-                    column,
-                    fallback_day: day_of(w.start),
-                },
-                Some(column),
-            );
+            let writer = match bucketing {
+                Some(b) => self.staging_writer(b),
+                None => self.writer(
+                    dir,
+                    Partitioning::CursorDate {
+                        column,
+                        fallback_day: day_of(w.start),
+                    },
+                    Some(column),
+                ),
+            };
             p.report.windows += 1;
             let t0 = Instant::now();
             match fetcher.fetch(w, writer).await {
@@ -96,9 +101,26 @@ impl StreamCtx<'_> {
         Ok(files)
     }
 
-    pub(super) async fn incremental(&self, p: &mut Progress) -> Result<(), String> {
+    /// Incremental units; `deduped`: in the bucketed layout of `incremental-deduped`
+    /// ([`dedupe`](super::dedupe)). A change between that layout and the dated one starts
+    /// over from `--start-date`, and the first unit's commit retires the other layout.
+    pub(super) async fn incremental(&self, deduped: bool, p: &mut Progress) -> Result<(), String> {
         let fetcher = self.fetcher()?;
-        let state = self.state().await;
+        let state = self
+            .state()
+            .await
+            .filter(|s| (s.mode == SyncMode::IncrementalDeduped) == deduped);
+        let bucketing = deduped.then(|| {
+            let buckets = state.as_ref().and_then(|s| s.buckets);
+            self.bucketing(buckets.unwrap_or(self.opts().dedupe_buckets).max(1))
+        });
+        if deduped {
+            self.remove_stale_staging().await;
+        }
+        let dir = match deduped {
+            true => self.staging_dir(),
+            false => self.stream.name.to_string(),
+        };
         let cursor = state
             .as_ref()
             .and_then(|s| s.cursor)
@@ -149,20 +171,43 @@ impl StreamCtx<'_> {
                 }
                 None => break,
             };
-            match self.fetch_unit(&fetcher, unit, self.stream.name, p).await {
+            match self
+                .fetch_unit(&fetcher, unit, &dir, bucketing.as_ref(), p)
+                .await
+            {
                 Ok(files) => {
-                    let rows = self.count(&files, p);
+                    let rows: u64 = files.iter().map(|f| f.rows).sum();
+                    let (files, touched) = match &bucketing {
+                        Some(b) => {
+                            let live = self.state().await.map(|s| s.files).unwrap_or_default();
+                            let live: Vec<_> = live.into_iter().filter(is_bucket_file).collect();
+                            let merged = self.merge_buckets(b, files, &live).await?;
+                            (merged.files, merged.touched)
+                        }
+                        None => (files, Default::default()),
+                    };
+                    self.count(&files, p);
                     let first_day = day_of(unit.start);
                     let last_day = day_of(unit.end - 1);
                     let new_files = self.live(files);
+                    let buckets = bucketing.as_ref().map(|b| b.buckets);
                     let cursor = self
                         .run
                         .commit(self.stream, |s| {
-                            s.mode = SyncMode::Incremental;
+                            s.mode = match deduped {
+                                true => SyncMode::IncrementalDeduped,
+                                false => SyncMode::Incremental,
+                            };
+                            s.buckets = buckets;
                             let (old, keep): (Vec<_>, Vec<_>) =
                                 std::mem::take(&mut s.files).into_iter().partition(|f| {
-                                    partition_day(&f.file.partition)
-                                        .is_some_and(|d| d >= first_day && d <= last_day)
+                                    if deduped {
+                                        !is_bucket_file(f) || touched.contains(&f.file.partition)
+                                    } else {
+                                        is_bucket_file(f)
+                                            || partition_day(&f.file.partition)
+                                                .is_some_and(|d| d >= first_day && d <= last_day)
+                                    }
                                 });
                             s.files = keep;
                             s.files.extend(new_files);
@@ -253,7 +298,7 @@ impl StreamCtx<'_> {
                 end: (next + days * MICROS_PER_DAY).min(end),
             };
             next = unit.end;
-            match self.fetch_unit(&fetcher, unit, &dir, p).await {
+            match self.fetch_unit(&fetcher, unit, &dir, None, p).await {
                 Ok(files) => all.extend(files),
                 Err(UnitFailure { error, .. }) => {
                     self.run.delete_files(&all).await;

@@ -11,7 +11,9 @@
 //! the stream (`snapshot`). Streams run concurrently and fail independently; their commits go
 //! through one in-process lock onto the manifest.
 
+mod custom_fields;
 mod dated;
+mod dedupe;
 mod snapshot;
 
 use std::collections::BTreeSet;
@@ -92,6 +94,8 @@ pub struct SyncOptions {
     pub window: WindowPolicy,
     pub limits: WriterLimits,
     pub now: DateTime<Utc>,
+    /// Buckets of a stream's first `incremental-deduped` sync (then fixed in the manifest).
+    pub dedupe_buckets: u32,
 }
 
 impl SyncOptions {
@@ -107,6 +111,7 @@ impl SyncOptions {
             window: WindowPolicy::default(),
             limits: WriterLimits::default(),
             now: Utc::now(),
+            dedupe_buckets: 32,
         }
     }
 }
@@ -360,6 +365,7 @@ async fn run_stream(
             seconds: 0.0,
         },
     };
+    let schema = custom_fields::typed_schema(run, stream, schema).await;
     let decoder = Arc::new(Decoder::new(
         schema.clone(),
         run.extracted_at,
@@ -373,9 +379,20 @@ async fn run_stream(
         namer: FileNamer::new(&run.run_id),
     };
     let result = match (stream.layout, mode) {
-        (Layout::Dated, SyncMode::Incremental) => ctx.incremental(&mut p).await,
+        (Layout::Dated, SyncMode::Incremental) => ctx.incremental(false, &mut p).await,
+        (Layout::Dated, SyncMode::IncrementalDeduped) if !stream.primary_key.is_empty() => {
+            ctx.incremental(true, &mut p).await
+        }
+        (Layout::Dated, SyncMode::IncrementalDeduped) => {
+            tracing::info!(
+                stream = stream.name,
+                "an event stream has no key to deduplicate on; incremental keeps each event once"
+            );
+            p.report.mode = SyncMode::Incremental;
+            ctx.incremental(false, &mut p).await
+        }
         (Layout::Dated, _) => ctx.full_refresh(mode, &mut p).await,
-        (_, SyncMode::Incremental) => {
+        (_, SyncMode::Incremental | SyncMode::IncrementalDeduped) => {
             tracing::info!(
                 stream = stream.name,
                 mode = %stream.default_mode,

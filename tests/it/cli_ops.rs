@@ -283,7 +283,8 @@ async fn streams_describes_the_catalog_and_prints_schemas() {
         serde_json::json!([
             "incremental",
             "full-refresh-overwrite",
-            "full-refresh-append"
+            "full-refresh-append",
+            "incremental-deduped"
         ])
     );
     assert!(

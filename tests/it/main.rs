@@ -11,3 +11,4 @@ mod harness;
 mod lake;
 mod rest_sync;
 mod support;
+mod users_typed;

@@ -1,0 +1,252 @@
+//! `incremental-deduped`: one row per primary key, the latest by cursor, in hash-bucketed
+//! files `<stream>/bucket=NN/part-<run>-<n>.parquet` (N fixed per stream in the manifest).
+//!
+//! Each unit (the same whole-day windows as `incremental`, settling window included) is
+//! fetched into staging files `_staging/<run>/<stream>/bucket=NN/…`, split by the bucket of
+//! each row's key ([`bucket`](crate::sink::bucket)). Then every bucket the unit touched is
+//! rewritten: its live files and the staged rows are read back (Parquet over `object_store`,
+//! one bucket in memory at a time), the latest row of each key is kept (ties: the newer
+//! run's row, then the later fetched), and written as the bucket's new file. The unit commits
+//! the new files and retires the touched buckets' old ones in one manifest commit; untouched
+//! buckets keep their files. So a run reads and writes what changed plus the buckets it
+//! falls in, never the whole table. Rows without any key value cannot be deduplicated and
+//! are kept as they come, in bucket 0.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array, new_null_array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use chrono::Utc;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::{GARBAGE_MIN_AGE, StreamCtx};
+use crate::manifest::LiveFile;
+use crate::sink::bucket::row_keys;
+use crate::sink::{PartitionedWriter, Partitioning, WriterLimits, WrittenFile};
+
+/// The folder under the lake's root where deduped runs stage fetched rows.
+pub const STAGING_DIR: &str = "_staging";
+
+/// How a deduped stream spreads its keys.
+#[derive(Debug, Clone)]
+pub(super) struct Bucketing {
+    pub buckets: u32,
+    /// The primary-key columns, in the catalog's order.
+    pub key: Vec<usize>,
+}
+
+/// What merging a unit's staged rows produced.
+pub(super) struct Merged {
+    pub files: Vec<WrittenFile>,
+    /// The `bucket=NN` partitions rewritten.
+    pub touched: BTreeSet<String>,
+}
+
+impl StreamCtx<'_> {
+    pub(super) fn bucketing(&self, buckets: u32) -> Bucketing {
+        let key = self
+            .stream
+            .primary_key
+            .iter()
+            .map(|k| {
+                self.schema
+                    .position(k)
+                    .expect("catalog tests check every schema declares its key")
+            })
+            .collect();
+        Bucketing { buckets, key }
+    }
+
+    pub(super) fn staging_dir(&self) -> String {
+        format!("{STAGING_DIR}/{}/{}", self.run.run_id, self.stream.name)
+    }
+
+    /// A writer of staged rows split by bucket. Every bucket may be open at once, so row
+    /// groups are kept small: memory stays near `buckets × (1 MiB + part size)`.
+    pub(super) fn staging_writer(&self, b: &Bucketing) -> PartitionedWriter {
+        let limits = WriterLimits {
+            max_open_files: b.buckets as usize,
+            row_group_bytes: 1024 * 1024,
+            part_bytes: 5 * 1024 * 1024,
+            ..self.opts().limits
+        };
+        PartitionedWriter::new(
+            self.run.lake.clone(),
+            self.staging_dir(),
+            self.schema.arrow.clone(),
+            Partitioning::KeyBucket {
+                key: b.key.clone(),
+                buckets: b.buckets,
+            },
+            Some(self.cursor_column()),
+            self.namer.clone(),
+            limits,
+        )
+    }
+
+    /// Rewrite each bucket `staged` touches from its `live` files and the staged rows, then
+    /// delete the staged files.
+    pub(super) async fn merge_buckets(
+        &self,
+        b: &Bucketing,
+        staged: Vec<WrittenFile>,
+        live: &[LiveFile],
+    ) -> Result<Merged, String> {
+        let mut by_bucket: BTreeMap<String, Vec<&WrittenFile>> = BTreeMap::new();
+        for f in &staged {
+            by_bucket.entry(f.partition.clone()).or_default().push(f);
+        }
+        let mut merged = Merged {
+            files: Vec::new(),
+            touched: BTreeSet::new(),
+        };
+        let result = async {
+            for (partition, mut new) in by_bucket {
+                new.sort_by(|x, y| x.path.cmp(&y.path));
+                let mut inputs: Vec<&WrittenFile> = live
+                    .iter()
+                    .filter(|f| f.file.partition == partition)
+                    .map(|f| &f.file)
+                    .collect();
+                inputs.extend(new);
+                let batch = self.latest_per_key(b, &inputs).await?;
+                let mut writer = self.writer(
+                    self.stream.name,
+                    Partitioning::Fixed(partition.clone()),
+                    Some(self.cursor_column()),
+                );
+                if let Err(e) = writer.write(batch).await {
+                    writer.abort().await;
+                    return Err(format!("rewriting {partition}: {e}"));
+                }
+                let files = writer
+                    .finish()
+                    .await
+                    .map_err(|e| format!("rewriting {partition}: {e}"))?;
+                merged.files.extend(files);
+                merged.touched.insert(partition);
+            }
+            Ok(())
+        }
+        .await;
+        self.run.delete_files(&staged).await;
+        match result {
+            Ok(()) => Ok(merged),
+            Err(e) => {
+                self.run.delete_files(&merged.files).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The rows of `inputs` (oldest first), one per key: the latest by cursor, ties won by
+    /// the later input.
+    async fn latest_per_key(
+        &self,
+        b: &Bucketing,
+        inputs: &[&WrittenFile],
+    ) -> Result<RecordBatch, String> {
+        let schema = self.schema.arrow.clone();
+        let mut batches = Vec::new();
+        let mut rank = Vec::new();
+        for (i, f) in inputs.iter().enumerate() {
+            for batch in self.read(f).await? {
+                rank.extend(std::iter::repeat_n(i, batch.num_rows()));
+                batches.push(conform(&batch, &schema).map_err(|e| format!("{}: {e}", f.path))?);
+            }
+        }
+        let all = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
+        let keys = row_keys(&all, &b.key);
+        let cursor = all
+            .column(self.cursor_column())
+            .as_primitive::<TimestampMicrosecondType>();
+        let order = |row: usize| {
+            let at = if cursor.is_valid(row) {
+                cursor.value(row)
+            } else {
+                i64::MIN
+            };
+            (at, rank[row], row)
+        };
+        let mut best: HashMap<&str, usize> = HashMap::new();
+        let mut keep = Vec::new();
+        for (row, key) in keys.iter().enumerate() {
+            match key {
+                Some(k) => {
+                    let slot = best.entry(k.as_str()).or_insert(row);
+                    if order(row) > order(*slot) {
+                        *slot = row;
+                    }
+                }
+                None => keep.push(row as u32),
+            }
+        }
+        keep.extend(best.into_values().map(|r| r as u32));
+        keep.sort_unstable();
+        take_record_batch(&all, &UInt32Array::from(keep)).map_err(|e| e.to_string())
+    }
+
+    async fn read(&self, f: &WrittenFile) -> Result<Vec<RecordBatch>, String> {
+        let lake = &self.run.lake;
+        let path = f.path.clone();
+        let bytes = async { lake.store.get(&lake.path(&path)).await?.bytes().await }
+            .await
+            .map_err(|e| format!("reading {path}: {e}"))?;
+        tokio::task::spawn_blocking(move || {
+            ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .and_then(|b| b.build())
+                .map_err(ArrowError::from)
+                .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("reading {path}: {e}"))
+        })
+        .await
+        .map_err(|e| format!("a decoding task stopped: {e}"))?
+    }
+
+    /// Delete staging folders that crashed runs left (old enough not to be in progress).
+    pub(super) async fn remove_stale_staging(&self) {
+        let lake = &self.run.lake;
+        let cutoff = Utc::now() - GARBAGE_MIN_AGE;
+        let Ok(objects) = lake
+            .store
+            .list(Some(&lake.path(STAGING_DIR)))
+            .try_collect::<Vec<_>>()
+            .await
+        else {
+            return;
+        };
+        for o in objects.into_iter().filter(|o| o.last_modified < cutoff) {
+            let _ = lake.store.delete(&o.location).await;
+        }
+    }
+}
+
+/// `batch` with `schema`'s columns: files of an older schema version lack the custom
+/// columns added since, which become nulls.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Err(ArrowError::SchemaError(format!(
+                "column {} is {} in the file but {} in the stream's schema",
+                f.name(),
+                c.data_type(),
+                f.data_type()
+            ))),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// Whether a live file belongs to the deduped layout.
+pub(super) fn is_bucket_file(f: &LiveFile) -> bool {
+    f.file.partition.starts_with("bucket=")
+}

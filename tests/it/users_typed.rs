@@ -1,0 +1,347 @@
+//! The `users` stream with typed custom fields (from `users/getFields`) and in
+//! `incremental-deduped` mode, from the fake API over HTTP into local and S3 lakes, checked
+//! against the fake's ground truth.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
+use chrono::{DateTime, Utc};
+use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
+use iterable_lake::catalog::{self, StreamDef, SyncMode};
+use iterable_lake::convert::timestamp::parse_instant;
+use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::manifest::Manifest;
+use iterable_lake::sink::LakeStore;
+use iterable_lake::sink::bucket::{bucket_of, bucket_partition};
+use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
+use serde_json::Value;
+
+use crate::lake::live_batches;
+use crate::support;
+
+const START: &str = "2024-01-01T00:00:00Z";
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn users() -> &'static StreamDef {
+    catalog::find("users").unwrap()
+}
+
+fn client(fake: &FakeIterable) -> ApiClient {
+    let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
+    let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
+    cfg.export_requests_per_minute = 60_000;
+    cfg.retry = RetryPolicy {
+        max_retries: 8,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+    };
+    ApiClient::new(cfg).unwrap()
+}
+
+/// Sync `users` at the fake's clock `now`, expecting success.
+async fn sync_users(
+    fake: &FakeIterable,
+    lake: &LakeStore,
+    now: DateTime<Utc>,
+    mode: Option<SyncMode>,
+) -> RunReport {
+    fake.set_now(now);
+    let mut o = SyncOptions::new(vec![users()]);
+    o.start = Some(t(START));
+    o.now = now;
+    o.lag = chrono::Duration::zero();
+    o.lookback_days = 0;
+    o.mode = mode;
+    o.dedupe_buckets = BUCKETS;
+    let report = sync::run(lake.clone(), client(fake), o).await.unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Succeeded, "{s:?}");
+    report
+}
+
+const BUCKETS: u32 = 256;
+
+/// The fake's current users updated in `[start, end)`, as JSON objects by email.
+fn truth(fake: &FakeIterable, start: DateTime<Utc>, end: DateTime<Utc>) -> BTreeMap<String, Value> {
+    fake.truth_lines("user", start, end)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["email"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+fn micros(v: &Value) -> i64 {
+    parse_instant(v.as_str().unwrap()).unwrap()
+}
+
+/// Every live row of `users`: email → (profileUpdatedAt, the row's batch and index).
+async fn live_rows(lake: &LakeStore) -> Vec<(String, i64, RecordBatch, usize)> {
+    let mut out = Vec::new();
+    for (_, batches) in live_batches(lake, "users").await {
+        for b in batches {
+            let email = b["email"].as_string::<i32>().clone();
+            let at = b["profileUpdatedAt"]
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
+            for i in 0..b.num_rows() {
+                out.push((email.value(i).to_string(), at.value(i), b.clone(), i));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_fields_land_typed_and_a_new_field_is_a_new_column_in_new_files_only() {
+    let fake = FakeIterable::start(FakeConfig::small(21)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let t1 = fake.midpoint() - chrono::Duration::hours(6);
+    let first = sync_users(&fake, &lake, t1, None).await;
+    let m1 = Manifest::load(&lake).await.unwrap();
+    let state1 = &m1.streams["users"];
+    let custom: Vec<&str> = state1
+        .custom_fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert!(custom.contains(&"customScore") && custom.contains(&"shoppingCart.total"));
+    assert!(!custom.contains(&"loyaltyTier"), "{custom:?}");
+    assert!(
+        !custom.iter().any(|c| c.starts_with("itblInternal")),
+        "declared"
+    );
+
+    // Values land typed, checked against the fake's rows.
+    let want = truth(&fake, t(START), t1);
+    let rows = live_rows(&lake).await;
+    assert_eq!(rows.len(), want.len());
+    let (mut scores, mut big, mut totals) = (0, 0, 0);
+    for (email, _, b, i) in &rows {
+        let w = &want[email];
+        let extra: Value = match b["_extra"].as_string::<i32>() {
+            e if e.is_null(*i) => Value::Null,
+            e => serde_json::from_str(e.value(*i)).unwrap(),
+        };
+        assert!(extra.get("customScore").is_none(), "{extra}");
+        let score = b["customScore"].as_primitive::<Float64Type>();
+        match &w["customScore"] {
+            Value::Null => assert!(score.is_null(*i)),
+            Value::String(s) => assert_eq!(score.value(*i), s.parse::<f64>().unwrap()),
+            n => assert_eq!(score.value(*i), n.as_f64().unwrap()),
+        }
+        scores += usize::from(score.is_valid(*i));
+        if let Some(raw) = w.get("bigCounter") {
+            assert!(b["bigCounter"].is_null(*i));
+            assert_eq!(extra["bigCounter"].to_string(), raw.to_string());
+            big += 1;
+        }
+        let cart = b["shoppingCart"].as_struct();
+        let total = cart
+            .column_by_name("total")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        match w.get("shoppingCart.total").and_then(Value::as_f64) {
+            Some(v) => {
+                assert_eq!(total.value(*i), v);
+                totals += 1;
+            }
+            None => assert!(total.is_null(*i), "{:?}", w.get("shoppingCart.total")),
+        }
+    }
+    assert!(
+        scores > 0 && big > 0 && totals > 0,
+        "{scores} {big} {totals}"
+    );
+    let schema = rows[0].2.schema();
+    assert_eq!(
+        schema.field_with_name("shoppingCart").unwrap().data_type(),
+        &DataType::Struct(
+            vec![
+                arrow::datatypes::Field::new("itemCount", DataType::Int64, true),
+                arrow::datatypes::Field::new("total", DataType::Float64, true),
+            ]
+            .into()
+        )
+    );
+    assert!(schema.field_with_name("loyaltyTier").is_err());
+
+    // The field appears past the midpoint: a new column in the second run's files only.
+    let t2 = fake.midpoint() + chrono::Duration::hours(18);
+    let second = sync_users(&fake, &lake, t2, None).await;
+    let m2 = Manifest::load(&lake).await.unwrap();
+    let state2 = &m2.streams["users"];
+    assert_eq!(state2.schema_version, state1.schema_version + 1);
+    assert_eq!(
+        state2.custom_fields.last().map(|f| f.name.as_str()),
+        Some("loyaltyTier")
+    );
+    assert_eq!(
+        state2.custom_fields[..state1.custom_fields.len()],
+        state1.custom_fields
+    );
+    let mut runs = BTreeSet::new();
+    for (f, batches) in live_batches(&lake, "users").await {
+        let has = batches[0].schema().field_with_name("loyaltyTier").is_ok();
+        assert_eq!(has, f.run == second.run_id, "{}", f.file.path);
+        runs.insert(f.run);
+    }
+    assert_eq!(
+        runs,
+        BTreeSet::from([first.run_id.clone(), second.run_id.clone()]),
+        "files of both versions are live"
+    );
+
+    let sql = format!(
+        "SELECT typeof(loyaltyTier), typeof(customScore), typeof(shoppingCart), \
+         count(loyaltyTier), count(*) FROM read_parquet({}, union_by_name=true, hive_partitioning=true) \
+         GROUP BY ALL",
+        support::sql_str(&format!("{}/users/**/*.parquet", dir.path().display()))
+    );
+    let Some(result) = support::duckdb(&sql) else {
+        return;
+    };
+    assert_eq!(result.rows.len(), 1, "{result:?}");
+    let row = &result.rows[0];
+    assert_eq!(row[0], "VARCHAR");
+    assert_eq!(row[1], "DOUBLE");
+    assert_eq!(row[2], "STRUCT(itemCount BIGINT, total DOUBLE)");
+    assert!(row[3].as_u64().unwrap() > 0, "{row:?}");
+    assert_eq!(
+        row[4].as_u64().unwrap(),
+        live_rows(&lake).await.len() as u64
+    );
+}
+
+/// Three deduped runs with users updated in between: after each, one row per user equal to
+/// the fake's latest, and the third run rewrites exactly the buckets of the users it read.
+async fn deduped_runs_hold_the_latest_row_per_user(fake: &FakeIterable, lake: &LakeStore) {
+    let times = [
+        t("2024-01-02T00:00:00Z"),
+        t("2024-01-02T12:00:00Z"),
+        t("2024-01-02T20:00:00Z"),
+    ];
+    let mut before: BTreeMap<String, String> = BTreeMap::new();
+    for (n, &now) in times.iter().enumerate() {
+        let report = sync_users(fake, lake, now, Some(SyncMode::IncrementalDeduped)).await;
+        assert_eq!(report.streams[0].mode, SyncMode::IncrementalDeduped);
+        let want = truth(fake, t(START), now);
+        let rows = live_rows(lake).await;
+        let got: BTreeMap<String, i64> =
+            rows.iter().map(|(e, at, _, _)| (e.clone(), *at)).collect();
+        assert_eq!(got.len(), rows.len(), "run {n}: one row per user");
+        let want_at: BTreeMap<String, i64> = want
+            .iter()
+            .map(|(e, v)| (e.clone(), micros(&v["profileUpdatedAt"])))
+            .collect();
+        assert_eq!(got, want_at, "run {n}: each user's latest profile");
+        let manifest = Manifest::load(lake).await.unwrap();
+        let state = &manifest.streams["users"];
+        assert_eq!(state.buckets, Some(BUCKETS));
+        assert!(
+            state
+                .files
+                .iter()
+                .all(|f| f.file.partition.starts_with("bucket="))
+        );
+        let after: BTreeMap<String, String> = state
+            .files
+            .iter()
+            .map(|f| (f.file.partition.clone(), f.run.clone()))
+            .collect();
+        assert_eq!(after.len(), state.files.len(), "one file per bucket");
+        if n > 0 {
+            // With no lookback, a run reads from the start of the previous cursor's day.
+            let from = times[n - 1]
+                .date_naive()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc();
+            let read = truth(fake, from, now);
+            let expected: BTreeSet<String> = read
+                .keys()
+                .map(|e| bucket_partition(bucket_of(Some(&format!("email:{e}")), BUCKETS), BUCKETS))
+                .collect();
+            let rewritten: BTreeSet<String> = after
+                .iter()
+                .filter(|(_, run)| **run == report.run_id)
+                .map(|(p, _)| p.clone())
+                .collect();
+            assert_eq!(
+                rewritten, expected,
+                "run {n} rewrote the buckets of the users it read"
+            );
+            assert!(
+                !expected.is_empty() && expected.len() < after.len(),
+                "run {n} touched some buckets and left others: {} of {}",
+                expected.len(),
+                after.len()
+            );
+            for (p, run) in &after {
+                if !expected.contains(p) {
+                    assert_eq!(
+                        before.get(p),
+                        Some(run),
+                        "untouched bucket {p} kept its file"
+                    );
+                }
+            }
+        }
+        before = after;
+    }
+}
+
+fn files_under(path: &std::path::Path) -> usize {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduped_users_on_local_disk() {
+    let fake = FakeIterable::start(FakeConfig::small(22)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    deduped_runs_hold_the_latest_row_per_user(&fake, &lake).await;
+    assert_eq!(
+        files_under(&dir.path().join("_staging")),
+        0,
+        "staging is cleaned up"
+    );
+    let sql = format!(
+        "SELECT count(*), count(DISTINCT email), count(DISTINCT bucket) \
+         FROM read_parquet({}, union_by_name=true, hive_partitioning=true)",
+        support::sql_str(&format!("{}/users/**/*.parquet", dir.path().display()))
+    );
+    let Some(result) = support::duckdb(&sql) else {
+        return;
+    };
+    let row = &result.rows[0];
+    assert_eq!(row[0], row[1], "one row per email: {row:?}");
+    assert_eq!(
+        row[0].as_u64().unwrap(),
+        live_rows(&lake).await.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduped_users_on_s3() {
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let fake = FakeIterable::start(FakeConfig::small(23)).await.unwrap();
+    let bucket = s3.new_bucket().await;
+    let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
+    deduped_runs_hold_the_latest_row_per_user(&fake, &lake).await;
+}
