@@ -79,7 +79,7 @@ pub struct SourceArgs {
     /// region, lookback_window). Flags, environment variables and --config win over it.
     #[arg(long, value_name = "FILE")]
     pub airbyte_config: Option<PathBuf>,
-    /// Comma-separated stream names, or `all` [default: all].
+    /// Comma-separated stream names, or `all`: every stream but the opt-in `events` [default: all].
     #[arg(long, value_name = "NAMES")]
     pub streams: Option<String>,
     /// Comma-separated stream names to leave out of --streams.
@@ -100,6 +100,9 @@ pub struct SourceArgs {
     /// List-member requests (lists/getUsers) per minute (Iterable allows 5) [default: 5].
     #[arg(long, value_name = "N")]
     pub list_users_requests_per_minute: Option<u32>,
+    /// Campaign-metrics requests (campaigns/metrics) per minute (Iterable allows 10) [default: 10].
+    #[arg(long, value_name = "N")]
+    pub metrics_requests_per_minute: Option<u32>,
 }
 
 impl SourceArgs {
@@ -130,6 +133,9 @@ impl SourceArgs {
             list_users_requests_per_minute: self
                 .list_users_requests_per_minute
                 .map(|n| Given::flag("--list-users-requests-per-minute", i64::from(n))),
+            metrics_requests_per_minute: self
+                .metrics_requests_per_minute
+                .map(|n| Given::flag("--metrics-requests-per-minute", i64::from(n))),
             ..Layer::default()
         }
     }

@@ -86,6 +86,7 @@ pub struct Layer {
     pub concurrency: Option<Given<i64>>,
     pub export_requests_per_minute: Option<Given<i64>>,
     pub list_users_requests_per_minute: Option<Given<i64>>,
+    pub metrics_requests_per_minute: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -109,6 +110,9 @@ impl Layer {
             list_users_requests_per_minute: self
                 .list_users_requests_per_minute
                 .or(lower.list_users_requests_per_minute),
+            metrics_requests_per_minute: self
+                .metrics_requests_per_minute
+                .or(lower.metrics_requests_per_minute),
         }
     }
 
@@ -208,7 +212,8 @@ pub fn find_stream(name: &str, origin: &Origin) -> Result<&'static StreamDef, Co
     })
 }
 
-/// The streams `streams` names (`all` for every stream; all when not given), less those
+/// The streams `streams` names (`all` for every stream but the opt-in ones such as `events`;
+/// `all` when not given), less those
 /// `exclude` names, in catalog order for `all` and as given otherwise, without repeats.
 pub fn select_streams(
     streams: Option<&Given<Vec<String>>>,
@@ -216,11 +221,11 @@ pub fn select_streams(
 ) -> Result<Vec<&'static StreamDef>, ConfigError> {
     let mut out: Vec<&'static StreamDef> = Vec::new();
     match streams {
-        None => out.extend(catalog::STREAMS.iter()),
+        None => out.extend(catalog::default_streams()),
         Some(given) => {
             for name in &given.value {
                 if name == "all" {
-                    out.extend(catalog::STREAMS.iter());
+                    out.extend(catalog::default_streams());
                 } else {
                     out.push(find_stream(name, &given.origin)?);
                 }
@@ -273,6 +278,8 @@ pub struct ApiSettings {
     pub export_requests_per_minute: Option<u32>,
     /// `None`: the client's default (Iterable's limit).
     pub list_users_requests_per_minute: Option<u32>,
+    /// `None`: the client's default (Iterable's limit).
+    pub metrics_requests_per_minute: Option<u32>,
 }
 
 /// A validated `sync`.
@@ -338,6 +345,7 @@ impl Layer {
             key,
             export_requests_per_minute: per_minute(&self.export_requests_per_minute)?,
             list_users_requests_per_minute: per_minute(&self.list_users_requests_per_minute)?,
+            metrics_requests_per_minute: per_minute(&self.metrics_requests_per_minute)?,
         })
     }
 
@@ -450,6 +458,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "concurrency",
     "export_requests_per_minute",
     "list_users_requests_per_minute",
+    "metrics_requests_per_minute",
     "api_key_file",
     "api_key",
 ];
@@ -596,6 +605,9 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
             "list_users_requests_per_minute" => {
                 layer.list_users_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
+            "metrics_requests_per_minute" => {
+                layer.metrics_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
+            }
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
                 key_file = Some(Given::new(KeySpec::File(path), origin.clone()));
@@ -727,7 +739,10 @@ mod tests {
     #[test]
     fn streams_resolve_with_suggestions_and_exclusions() {
         let all = select_streams(None, None).unwrap();
-        assert_eq!(all.len(), catalog::STREAMS.len());
+        assert_eq!(all.len(), catalog::default_streams().count());
+        assert!(all.iter().all(|s| s.name != "events"), "events is opt-in");
+        let with_events = select_streams(names("--streams", "all,events").as_ref(), None).unwrap();
+        assert_eq!(with_events.last().unwrap().name, "events");
         let two = select_streams(
             names("--streams", "email_send, users,email_send").as_ref(),
             None,
@@ -749,7 +764,7 @@ mod tests {
             Err(ConfigError::NoStreams)
         ));
         let rest = select_streams(None, names("--exclude", "users,email_send").as_ref()).unwrap();
-        assert_eq!(rest.len(), catalog::STREAMS.len() - 2);
+        assert_eq!(rest.len(), catalog::default_streams().count() - 2);
         assert!(
             rest.iter()
                 .all(|s| s.name != "users" && s.name != "email_send")

@@ -83,6 +83,10 @@ pub struct StreamState {
     /// Windows that failed after every retry; retried on the next run.
     pub quarantine: Vec<Quarantined>,
     pub last_run: Option<String>,
+    /// For per-user streams (`events`): the last user of the pass in progress whose rows are
+    /// committed; the next run continues after it. `None` when no pass is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +118,7 @@ impl StreamState {
             files: Vec::new(),
             quarantine: Vec::new(),
             last_run: None,
+            checkpoint: None,
         }
     }
 

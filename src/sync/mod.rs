@@ -8,10 +8,11 @@
 //! in flight, and re-reading a period (the settling window) never duplicates it. A unit
 //! that still fails is quarantined in the manifest, retried on the next run, and reported
 //! (`dated`). Full refreshes and the list-style snapshot streams commit once, at the end of
-//! the stream (`snapshot`). Streams run concurrently and fail independently; their commits go
+//! the stream (`snapshot`). Per-user events commit after each batch of users (`events`). Streams run concurrently and fail independently; their commits go
 //! through one in-process lock onto the manifest.
 
 mod dated;
+mod events;
 mod snapshot;
 
 use std::collections::BTreeSet;
@@ -25,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::api::ApiClient;
-use crate::catalog::{Layout, StreamDef, SyncMode};
+use crate::catalog::{Layout, Source, StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
 use crate::manifest::{LiveFile, Manifest, ManifestError, StreamState};
 use crate::sink::{
@@ -92,6 +93,11 @@ pub struct SyncOptions {
     pub window: WindowPolicy,
     pub limits: WriterLimits,
     pub now: DateTime<Utc>,
+    /// `events`: users read between two commits (checkpoints).
+    pub events_batch_users: usize,
+    /// `events`: a run stops after about this many users (whole batches) and the next run
+    /// continues the pass; `None`: no limit.
+    pub events_max_users: Option<usize>,
 }
 
 impl SyncOptions {
@@ -107,6 +113,8 @@ impl SyncOptions {
             window: WindowPolicy::default(),
             limits: WriterLimits::default(),
             now: Utc::now(),
+            events_batch_users: 1000,
+            events_max_users: None,
         }
     }
 }
@@ -373,6 +381,7 @@ async fn run_stream(
         namer: FileNamer::new(&run.run_id),
     };
     let result = match (stream.layout, mode) {
+        _ if stream.source == Source::UserEvents => ctx.user_events(mode, &mut p).await,
         (Layout::Dated, SyncMode::Incremental) => ctx.incremental(&mut p).await,
         (Layout::Dated, _) => ctx.full_refresh(mode, &mut p).await,
         (_, SyncMode::Incremental) => {
