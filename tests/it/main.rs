@@ -9,5 +9,6 @@ mod fake_export;
 mod fake_rest;
 mod harness;
 mod lake;
+mod metrics_events;
 mod rest_sync;
 mod support;
