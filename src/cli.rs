@@ -72,6 +72,7 @@ pub enum Command {
 pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
+    /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
     /// api_key_file, api_key). Flags and environment variables win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -168,6 +169,10 @@ pub struct SyncArgs {
     /// Streams synced at once [default: 4].
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,
+    /// `events`: stop after about this many users (whole batches of 1000); the next run
+    /// continues the pass from its checkpoint [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub events_max_users: Option<u64>,
 }
 
 impl SyncArgs {
@@ -186,6 +191,9 @@ impl SyncArgs {
             concurrency: self
                 .concurrency
                 .map(|v| Given::flag("--concurrency", i64::from(v))),
+            events_max_users: self
+                .events_max_users
+                .map(|v| Given::flag("--events-max-users", i64::try_from(v).unwrap_or(i64::MAX))),
             ..self.source.layer()
         }
     }

@@ -87,6 +87,7 @@ pub struct Layer {
     pub export_requests_per_minute: Option<Given<i64>>,
     pub list_users_requests_per_minute: Option<Given<i64>>,
     pub metrics_requests_per_minute: Option<Given<i64>>,
+    pub events_max_users: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -113,6 +114,7 @@ impl Layer {
             metrics_requests_per_minute: self
                 .metrics_requests_per_minute
                 .or(lower.metrics_requests_per_minute),
+            events_max_users: self.events_max_users.or(lower.events_max_users),
         }
     }
 
@@ -398,6 +400,10 @@ impl Layer {
         if let Some(c) = &self.concurrency {
             opts.concurrency = usize::try_from(at_least(c, 1, "at least 1")?).unwrap_or(1);
         }
+        if let Some(n) = &self.events_max_users {
+            opts.events_max_users =
+                Some(usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(usize::MAX));
+        }
         Ok(SyncConfig {
             dest: self.dest()?,
             api: self.api_settings()?,
@@ -459,6 +465,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "export_requests_per_minute",
     "list_users_requests_per_minute",
     "metrics_requests_per_minute",
+    "events_max_users",
     "api_key_file",
     "api_key",
 ];
@@ -608,6 +615,7 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
             "metrics_requests_per_minute" => {
                 layer.metrics_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
+            "events_max_users" => layer.events_max_users = some(toml_integer(v, &origin)?, &origin),
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
                 key_file = Some(Given::new(KeySpec::File(path), origin.clone()));
@@ -848,6 +856,8 @@ mod tests {
             lookback = 2
             concurrency = 3
             export_requests_per_minute = 100
+            metrics_requests_per_minute = 20
+            events_max_users = 5000
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -875,6 +885,8 @@ mod tests {
         assert_eq!(cfg.options.lookback_days, 2);
         assert_eq!(cfg.options.concurrency, 3);
         assert_eq!(cfg.api.export_requests_per_minute, Some(100));
+        assert_eq!(cfg.api.metrics_requests_per_minute, Some(20));
+        assert_eq!(cfg.options.events_max_users, Some(5000));
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );
