@@ -22,18 +22,26 @@ use crate::lake::live_batches;
 use crate::support;
 
 const NOW: &str = "2024-01-04T00:00:00Z";
+/// A seed of the fake's random 500s (2%) that first fails a request after the list members
+/// are read and some batches of user events are committed: the requests are sequential, so
+/// the draws are the same on every run.
+const FAILING_SEED: u64 = 1;
 
 fn stream(name: &str) -> &'static StreamDef {
     catalog::find(name).unwrap()
 }
 
 fn client(fake: &FakeIterable) -> ApiClient {
+    client_with_retries(fake, 3)
+}
+
+fn client_with_retries(fake: &FakeIterable, retries: u32) -> ApiClient {
     let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
     let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
     cfg.list_users_requests_per_minute = 60_000;
     cfg.metrics_requests_per_minute = 60_000;
     cfg.retry = RetryPolicy {
-        max_retries: 3,
+        max_retries: retries,
         base_delay: Duration::from_millis(5),
         max_delay: Duration::from_millis(20),
     };
@@ -332,6 +340,61 @@ async fn events_resume_after_their_checkpoint_and_land_each_event_once() {
             .all(|f| f.run == report.run_id)
     );
     assert_eq!(lake_event_ids(&lake).await, all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_fails_midway_resumes_after_its_last_checkpoint() {
+    let mut cfg = FakeConfig::small(34);
+    let healthy = FakeIterable::start(cfg.clone()).await.unwrap();
+    healthy.set_now(NOW.parse().unwrap());
+    cfg.faults.random_500 = 0.02;
+    cfg.faults.random_500_seed = FAILING_SEED;
+    let broken = FakeIterable::start(cfg).await.unwrap();
+    broken.set_now(NOW.parse().unwrap());
+    let users = members(&healthy);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let opts = || {
+        let mut o = options("events");
+        o.events_batch_users = 20;
+        o
+    };
+
+    // Without retries, a 500 on some user's events fails the stream after earlier batches.
+    let report = sync::run(lake.clone(), client_with_retries(&broken, 0), opts())
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert!(
+        matches!(s.status, StreamStatus::Failed(_)),
+        "{:?}",
+        s.status
+    );
+    assert!(s.quarantined.is_empty(), "every list was read");
+    assert!(s.commits >= 1, "a batch was committed before the failure");
+    let state = &Manifest::load(&lake).await.unwrap().streams["events"];
+    let checkpoint = state.checkpoint.clone().expect("a pass in progress");
+    let done = users.iter().position(|u| *u == checkpoint).unwrap() + 1;
+    assert_eq!(done, 20 * s.commits as usize);
+    assert_eq!(
+        lake_event_ids(&lake).await,
+        truth_event_ids(&healthy, &users[..done])
+    );
+
+    // The next run reads only the users after the checkpoint, and completes the pass.
+    sync(&healthy, &lake, opts()).await;
+    assert_eq!(
+        healthy.requests("/api/export/userEvents"),
+        (users.len() - done) as u64
+    );
+    assert_eq!(
+        Manifest::load(&lake).await.unwrap().streams["events"].checkpoint,
+        None
+    );
+    assert_eq!(
+        lake_event_ids(&lake).await,
+        truth_event_ids(&healthy, &users)
+    );
 }
 
 #[test]
