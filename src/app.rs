@@ -16,7 +16,7 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 use url::Url;
 
 use crate::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
-use crate::catalog::STREAMS;
+use crate::catalog;
 use crate::check::{self, KeyProblem};
 use crate::cli::{
     CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, LogFormat, ResetArgs, SourceArgs, StateAction,
@@ -180,6 +180,9 @@ fn client(api: &ApiSettings, retry: Option<RetryPolicy>) -> Result<ApiClient> {
     }
     if let Some(n) = api.list_users_requests_per_minute {
         cfg.list_users_requests_per_minute = n;
+    }
+    if let Some(n) = api.metrics_requests_per_minute {
+        cfg.metrics_requests_per_minute = n;
     }
     if let Some(retry) = retry {
         cfg.retry = retry;
@@ -449,8 +452,9 @@ async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
     let mut client_cfg = ClientConfig::new(Url::parse(&fake.base_url())?, key);
     client_cfg.export_requests_per_minute = 100_000;
     client_cfg.list_users_requests_per_minute = 100_000;
+    client_cfg.metrics_requests_per_minute = 100_000;
     let client = ApiClient::new(client_cfg)?;
-    let mut opts = sync::SyncOptions::new(STREAMS.iter().collect());
+    let mut opts = sync::SyncOptions::new(catalog::default_streams().collect());
     opts.start = Some(start);
     opts.window.initial_days = 3;
     let lake = open_lake(&args.dest)?;

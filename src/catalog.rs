@@ -66,6 +66,12 @@ pub enum Source {
     ListUsers,
     /// `GET /api/metadata`, each table's keys (paged by `nextMarker`), each key's value.
     Metadata,
+    /// `GET /api/campaigns/metrics` for every campaign of `GET /api/campaigns`: CSV, one row
+    /// per campaign.
+    CampaignMetrics,
+    /// `GET /api/export/userEvents` for every member of every list: NDJSON, read in batches
+    /// of users with a checkpoint after each.
+    UserEvents,
 }
 
 /// How a stream's files are laid out below its folder.
@@ -94,6 +100,8 @@ pub struct StreamDef {
     pub default_mode: SyncMode,
     /// The stream's JSON Schema (`schemas/<name>.json`), compiled into the binary.
     pub schema: &'static str,
+    /// Synced only when named: `all` (and no `--streams`) leaves it out.
+    pub opt_in: bool,
 }
 
 impl StreamDef {
@@ -112,6 +120,9 @@ impl StreamDef {
 
     /// The sync modes the stream supports.
     pub fn modes(&self) -> &'static [SyncMode] {
+        if self.source == Source::UserEvents {
+            return &[SyncMode::FullRefreshOverwrite];
+        }
         match self.layout {
             Layout::Dated if !self.primary_key.is_empty() => &SyncMode::ALL,
             Layout::Dated => &[
@@ -142,6 +153,7 @@ macro_rules! event {
             primary_key: &[],
             default_mode: SyncMode::Incremental,
             schema: include_str!(concat!("../schemas/", $name, ".json")),
+            opt_in: false,
         }
     };
 }
@@ -156,6 +168,7 @@ macro_rules! snapshot {
             primary_key: $key,
             default_mode: SyncMode::FullRefreshOverwrite,
             schema: include_str!(concat!("../schemas/", $name, ".json")),
+            opt_in: false,
         }
     };
 }
@@ -169,7 +182,8 @@ const fn json(path: &'static str, records: &'static str, paged: bool) -> Source 
     }
 }
 
-/// Every stream: the export data types in the spec's order, then the list-style endpoints.
+/// Every stream: the export data types in the spec's order, the list-style endpoints, then
+/// per-user events (opt-in: one request per list member).
 pub static STREAMS: &[StreamDef] = &[
     event!("email_send", "emailSend"),
     event!("email_open", "emailOpen"),
@@ -220,6 +234,7 @@ pub static STREAMS: &[StreamDef] = &[
         primary_key: &["email", "userId"],
         default_mode: SyncMode::Incremental,
         schema: include_str!("../schemas/users.json"),
+        opt_in: false,
     },
     event!("sms_usage_info", "smsUsageInfo"),
     event!("embedded_send", "embeddedSend"),
@@ -284,6 +299,22 @@ pub static STREAMS: &[StreamDef] = &[
         Layout::Snapshot,
         &["table", "key"]
     ),
+    snapshot!(
+        "campaigns_metrics",
+        Source::CampaignMetrics,
+        Layout::Snapshot,
+        &["id"]
+    ),
+    StreamDef {
+        name: "events",
+        source: Source::UserEvents,
+        layout: Layout::Dated,
+        cursor_field: "createdAt",
+        primary_key: &[],
+        default_mode: SyncMode::FullRefreshOverwrite,
+        schema: include_str!("../schemas/events.json"),
+        opt_in: true,
+    },
 ];
 
 /// The stream with this name.
@@ -304,7 +335,14 @@ pub fn by_data_type(data_type: &str) -> Option<&'static StreamDef> {
 
 /// The export streams (one per export data type).
 pub fn export_streams() -> impl Iterator<Item = &'static StreamDef> {
-    STREAMS.iter().filter(|s| s.layout == Layout::Dated)
+    STREAMS
+        .iter()
+        .filter(|s| matches!(s.source, Source::Export { .. }))
+}
+
+/// The streams `all` means: every stream but the opt-in ones.
+pub fn default_streams() -> impl Iterator<Item = &'static StreamDef> {
+    STREAMS.iter().filter(|s| !s.opt_in)
 }
 
 #[cfg(test)]

@@ -169,14 +169,19 @@ async fn probe_stream(
 }
 
 /// Probe a list-style stream with one cheap request to its endpoint (for list members and
-/// metadata, their index: `lists` and `metadata`, whose own limits are generous).
+/// metadata, their index: `lists` and `metadata`, whose own limits are generous; for
+/// campaign metrics and per-user events, the index of campaigns and of lists).
 async fn probe_list_style(client: &ApiClient, stream: &'static StreamDef, source: Source) -> Probe {
     let (path, query): (&str, Vec<(&str, String)>) = match source {
         Source::Json {
             path, paged: true, ..
         } => (path, vec![("page", "1".into()), ("pageSize", "1".into())]),
         Source::Json { path, .. } => (path, Vec::new()),
-        Source::ListUsers => ("lists", Vec::new()),
+        Source::ListUsers | Source::UserEvents => ("lists", Vec::new()),
+        Source::CampaignMetrics => (
+            "campaigns",
+            vec![("page", "1".into()), ("pageSize", "1".into())],
+        ),
         Source::Metadata | Source::Export { .. } => ("metadata", Vec::new()),
     };
     let error = client

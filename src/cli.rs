@@ -72,6 +72,7 @@ pub enum Command {
 pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
+    /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
     /// api_key_file, api_key). Flags and environment variables win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -79,7 +80,7 @@ pub struct SourceArgs {
     /// region, lookback_window). Flags, environment variables and --config win over it.
     #[arg(long, value_name = "FILE")]
     pub airbyte_config: Option<PathBuf>,
-    /// Comma-separated stream names, or `all` [default: all].
+    /// Comma-separated stream names, or `all`: every stream but the opt-in `events` [default: all].
     #[arg(long, value_name = "NAMES")]
     pub streams: Option<String>,
     /// Comma-separated stream names to leave out of --streams.
@@ -100,6 +101,9 @@ pub struct SourceArgs {
     /// List-member requests (lists/getUsers) per minute (Iterable allows 5) [default: 5].
     #[arg(long, value_name = "N")]
     pub list_users_requests_per_minute: Option<u32>,
+    /// Campaign-metrics requests (campaigns/metrics) per minute (Iterable allows 10) [default: 10].
+    #[arg(long, value_name = "N")]
+    pub metrics_requests_per_minute: Option<u32>,
 }
 
 impl SourceArgs {
@@ -130,6 +134,9 @@ impl SourceArgs {
             list_users_requests_per_minute: self
                 .list_users_requests_per_minute
                 .map(|n| Given::flag("--list-users-requests-per-minute", i64::from(n))),
+            metrics_requests_per_minute: self
+                .metrics_requests_per_minute
+                .map(|n| Given::flag("--metrics-requests-per-minute", i64::from(n))),
             ..Layer::default()
         }
     }
@@ -162,6 +169,10 @@ pub struct SyncArgs {
     /// Streams synced at once [default: 4].
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,
+    /// `events`: stop after about this many users (whole batches of 1000); the next run
+    /// continues the pass from its checkpoint [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub events_max_users: Option<u64>,
 }
 
 impl SyncArgs {
@@ -180,6 +191,9 @@ impl SyncArgs {
             concurrency: self
                 .concurrency
                 .map(|v| Given::flag("--concurrency", i64::from(v))),
+            events_max_users: self
+                .events_max_users
+                .map(|v| Given::flag("--events-max-users", i64::try_from(v).unwrap_or(i64::MAX))),
             ..self.source.layer()
         }
     }

@@ -86,6 +86,8 @@ pub struct Layer {
     pub concurrency: Option<Given<i64>>,
     pub export_requests_per_minute: Option<Given<i64>>,
     pub list_users_requests_per_minute: Option<Given<i64>>,
+    pub metrics_requests_per_minute: Option<Given<i64>>,
+    pub events_max_users: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -109,6 +111,10 @@ impl Layer {
             list_users_requests_per_minute: self
                 .list_users_requests_per_minute
                 .or(lower.list_users_requests_per_minute),
+            metrics_requests_per_minute: self
+                .metrics_requests_per_minute
+                .or(lower.metrics_requests_per_minute),
+            events_max_users: self.events_max_users.or(lower.events_max_users),
         }
     }
 
@@ -208,7 +214,8 @@ pub fn find_stream(name: &str, origin: &Origin) -> Result<&'static StreamDef, Co
     })
 }
 
-/// The streams `streams` names (`all` for every stream; all when not given), less those
+/// The streams `streams` names (`all` for every stream but the opt-in ones such as `events`;
+/// `all` when not given), less those
 /// `exclude` names, in catalog order for `all` and as given otherwise, without repeats.
 pub fn select_streams(
     streams: Option<&Given<Vec<String>>>,
@@ -216,11 +223,11 @@ pub fn select_streams(
 ) -> Result<Vec<&'static StreamDef>, ConfigError> {
     let mut out: Vec<&'static StreamDef> = Vec::new();
     match streams {
-        None => out.extend(catalog::STREAMS.iter()),
+        None => out.extend(catalog::default_streams()),
         Some(given) => {
             for name in &given.value {
                 if name == "all" {
-                    out.extend(catalog::STREAMS.iter());
+                    out.extend(catalog::default_streams());
                 } else {
                     out.push(find_stream(name, &given.origin)?);
                 }
@@ -273,6 +280,8 @@ pub struct ApiSettings {
     pub export_requests_per_minute: Option<u32>,
     /// `None`: the client's default (Iterable's limit).
     pub list_users_requests_per_minute: Option<u32>,
+    /// `None`: the client's default (Iterable's limit).
+    pub metrics_requests_per_minute: Option<u32>,
 }
 
 /// A validated `sync`.
@@ -338,6 +347,7 @@ impl Layer {
             key,
             export_requests_per_minute: per_minute(&self.export_requests_per_minute)?,
             list_users_requests_per_minute: per_minute(&self.list_users_requests_per_minute)?,
+            metrics_requests_per_minute: per_minute(&self.metrics_requests_per_minute)?,
         })
     }
 
@@ -389,6 +399,10 @@ impl Layer {
         }
         if let Some(c) = &self.concurrency {
             opts.concurrency = usize::try_from(at_least(c, 1, "at least 1")?).unwrap_or(1);
+        }
+        if let Some(n) = &self.events_max_users {
+            opts.events_max_users =
+                Some(usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(usize::MAX));
         }
         Ok(SyncConfig {
             dest: self.dest()?,
@@ -450,6 +464,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "concurrency",
     "export_requests_per_minute",
     "list_users_requests_per_minute",
+    "metrics_requests_per_minute",
+    "events_max_users",
     "api_key_file",
     "api_key",
 ];
@@ -596,6 +612,10 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
             "list_users_requests_per_minute" => {
                 layer.list_users_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
+            "metrics_requests_per_minute" => {
+                layer.metrics_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
+            }
+            "events_max_users" => layer.events_max_users = some(toml_integer(v, &origin)?, &origin),
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
                 key_file = Some(Given::new(KeySpec::File(path), origin.clone()));
@@ -727,7 +747,10 @@ mod tests {
     #[test]
     fn streams_resolve_with_suggestions_and_exclusions() {
         let all = select_streams(None, None).unwrap();
-        assert_eq!(all.len(), catalog::STREAMS.len());
+        assert_eq!(all.len(), catalog::default_streams().count());
+        assert!(all.iter().all(|s| s.name != "events"), "events is opt-in");
+        let with_events = select_streams(names("--streams", "all,events").as_ref(), None).unwrap();
+        assert_eq!(with_events.last().unwrap().name, "events");
         let two = select_streams(
             names("--streams", "email_send, users,email_send").as_ref(),
             None,
@@ -749,7 +772,7 @@ mod tests {
             Err(ConfigError::NoStreams)
         ));
         let rest = select_streams(None, names("--exclude", "users,email_send").as_ref()).unwrap();
-        assert_eq!(rest.len(), catalog::STREAMS.len() - 2);
+        assert_eq!(rest.len(), catalog::default_streams().count() - 2);
         assert!(
             rest.iter()
                 .all(|s| s.name != "users" && s.name != "email_send")
@@ -833,6 +856,8 @@ mod tests {
             lookback = 2
             concurrency = 3
             export_requests_per_minute = 100
+            metrics_requests_per_minute = 20
+            events_max_users = 5000
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -860,6 +885,8 @@ mod tests {
         assert_eq!(cfg.options.lookback_days, 2);
         assert_eq!(cfg.options.concurrency, 3);
         assert_eq!(cfg.api.export_requests_per_minute, Some(100));
+        assert_eq!(cfg.api.metrics_requests_per_minute, Some(20));
+        assert_eq!(cfg.options.events_max_users, Some(5000));
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );

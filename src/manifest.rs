@@ -92,6 +92,10 @@ pub struct StreamState {
     /// Windows that failed after every retry; retried on the next run.
     pub quarantine: Vec<Quarantined>,
     pub last_run: Option<String>,
+    /// For per-user streams (`events`): the last user of the pass in progress whose rows are
+    /// committed; the next run continues after it. `None` when no pass is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// A custom field as `users/getFields` reported it: dotted path and type name.
@@ -133,6 +137,7 @@ impl StreamState {
             files: Vec::new(),
             quarantine: Vec::new(),
             last_run: None,
+            checkpoint: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub fn info(def: &StreamDef) -> StreamInfo {
         }
         Source::ListUsers => "GET /api/lists/getUsers".to_string(),
         Source::Metadata => "GET /api/metadata/{table}/{key}".to_string(),
+        Source::CampaignMetrics => "GET /api/campaigns/metrics".to_string(),
+        Source::UserEvents => "GET /api/export/userEvents (per list member)".to_string(),
     };
     let append = "full-refresh-append: under snapshot_date=<run day>";
     let (partitioning, partitioned_by) = match def.layout {

@@ -63,6 +63,8 @@ pub enum Family {
     Export,
     /// `lists/getUsers`: 5 requests per minute per project.
     ListUsers,
+    /// `campaigns/metrics`: 10 requests per minute per project.
+    Metrics,
     /// Generous endpoints with no shared limiter.
     Other,
 }
@@ -91,6 +93,7 @@ pub struct ClientConfig {
     pub key: ApiKey,
     pub export_requests_per_minute: u32,
     pub list_users_requests_per_minute: u32,
+    pub metrics_requests_per_minute: u32,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// The longest wait for the next bytes of a response.
@@ -104,6 +107,7 @@ impl ClientConfig {
             key,
             export_requests_per_minute: 4,
             list_users_requests_per_minute: 5,
+            metrics_requests_per_minute: 10,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(300),
@@ -171,6 +175,7 @@ pub struct ApiClient {
     key: ApiKey,
     export_limiter: Arc<DefaultDirectRateLimiter>,
     list_users_limiter: Arc<DefaultDirectRateLimiter>,
+    metrics_limiter: Arc<DefaultDirectRateLimiter>,
     retry: RetryPolicy,
     pub stats: Arc<ApiStats>,
 }
@@ -209,6 +214,7 @@ impl ApiClient {
             key: cfg.key,
             export_limiter: per_minute(cfg.export_requests_per_minute),
             list_users_limiter: per_minute(cfg.list_users_requests_per_minute),
+            metrics_limiter: per_minute(cfg.metrics_requests_per_minute),
             retry: cfg.retry,
             stats: Arc::default(),
         })
@@ -263,6 +269,7 @@ impl ApiClient {
             match family {
                 Family::Export => self.export_limiter.until_ready().await,
                 Family::ListUsers => self.list_users_limiter.until_ready().await,
+                Family::Metrics => self.metrics_limiter.until_ready().await,
                 Family::Other => {}
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);

@@ -488,6 +488,12 @@ fn int_of(raw: &str) -> Option<i64> {
 
 /// Decimal digits that carry value in a number's text (15 always round-trip through f64).
 fn significant_digits(text: &str) -> usize {
+    significant(text).len()
+}
+
+/// The decimal digits that carry value in a number's text: without leading zeros, nor
+/// trailing zeros after a decimal point.
+fn significant(text: &str) -> String {
     let mantissa = text.split(['e', 'E']).next().unwrap_or("");
     let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
     let trimmed = digits.trim_start_matches('0');
@@ -496,9 +502,11 @@ fn significant_digits(text: &str) -> usize {
     } else {
         trimmed
     };
-    trimmed.len()
+    trimmed.to_string()
 }
 
+/// A number's value when f64 holds it without loss: up to 15 significant digits, or the
+/// digits of the shortest text of an f64 (what a program printing a double writes, up to 17).
 fn float_of(raw: &str) -> Option<f64> {
     let text: Cow<'_, str> = if is_json_number(raw) {
         Cow::Borrowed(raw)
@@ -506,7 +514,9 @@ fn float_of(raw: &str) -> Option<f64> {
         string_of(raw)?
     };
     let f: f64 = text.trim().parse().ok()?;
-    (f.is_finite() && significant_digits(&text) <= 15).then_some(f)
+    let exact =
+        significant_digits(&text) <= 15 || significant(&text) == significant(&format!("{f:e}"));
+    (f.is_finite() && exact).then_some(f)
 }
 
 fn bool_of(raw: &str) -> Option<bool> {
@@ -905,6 +915,9 @@ mod tests {
         assert_eq!(float_of("0.1"), Some(0.1));
         assert_eq!(float_of("\"72.89\""), Some(72.89));
         assert_eq!(float_of("12345678901234567"), None);
+        assert_eq!(float_of("0.7615806850175204"), Some(0.7615806850175204));
+        assert_eq!(float_of("48994.01999999998"), Some(48994.01999999998));
+        assert_eq!(float_of("0.76158068501752041"), None);
         assert_eq!(int_of("\"007\""), None);
         assert_eq!(int_of("1e3"), Some(1000));
         assert_eq!(int_of("9007199254740993.0"), None);

@@ -2,8 +2,10 @@
 
 pub mod export;
 pub mod list_users;
+pub mod metrics;
 pub mod pipeline;
 pub mod rest;
+pub mod user_events;
 
 use crate::api::ApiError;
 use crate::sink::WriteError;

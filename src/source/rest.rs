@@ -29,7 +29,7 @@ const MESSAGE_MEDIUMS: [&str; 4] = ["Email", "Push", "InApp", "SMS"];
 type Sink = mpsc::Sender<Result<Bytes, FetchError>>;
 
 /// A body fed by `produce`, running as its own task; its error ends the body.
-fn produced<F, Fut>(produce: F) -> Body
+pub(super) fn produced<F, Fut>(produce: F) -> Body
 where
     F: FnOnce(Sink) -> Fut,
     Fut: Future<Output = Result<(), FetchError>> + Send + 'static,
@@ -73,8 +73,13 @@ pub fn body(client: ApiClient, source: Source) -> Body {
             Ok(())
         }),
         Source::Metadata => produced(move |tx| async move { metadata(&client, &tx).await }),
-        Source::Export { .. } | Source::ListUsers => {
-            unreachable!("export and list-member streams have their own sources")
+        Source::Export { .. }
+        | Source::ListUsers
+        | Source::CampaignMetrics
+        | Source::UserEvents => {
+            unreachable!(
+                "export, list-member, metrics and user-event streams have their own sources"
+            )
         }
     }
 }
@@ -235,23 +240,47 @@ async fn metadata(client: &ApiClient, tx: &Sink) -> Result<(), FetchError> {
 
 /// The ids of every list (`GET /api/lists`).
 pub async fn list_ids(client: &ApiClient) -> Result<Vec<i64>, FetchError> {
-    let (url, body) = get_json(client, &["lists"], &[]).await?;
-    let doc = fields(&url, text(&url, &body)?)?;
-    records(&url, &doc, "lists")?
-        .iter()
-        .map(|r| {
-            #[derive(serde::Deserialize)]
-            struct Id {
-                id: i64,
-            }
-            serde_json::from_str::<Id>(r.get())
-                .map(|i| i.id)
-                .map_err(|e| FetchError::Shape {
-                    url: url.clone(),
-                    problem: format!("a list without an integer id: {e}"),
-                })
-        })
-        .collect()
+    record_ids(client, "lists", "lists", false).await
+}
+
+/// The `id` of every record in the array `key` of `path`, following pages when `paged`.
+pub async fn record_ids(
+    client: &ApiClient,
+    path: &str,
+    key: &str,
+    paged: bool,
+) -> Result<Vec<i64>, FetchError> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: i64,
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut ids = Vec::new();
+    let mut page = 1u32;
+    loop {
+        let query = if paged {
+            vec![
+                ("page", page.to_string()),
+                ("pageSize", PAGE_SIZE.to_string()),
+            ]
+        } else {
+            Vec::new()
+        };
+        let (url, body) = get_json(client, &segments, &query).await?;
+        let doc = fields(&url, text(&url, &body)?)?;
+        for r in records(&url, &doc, key)? {
+            let id = serde_json::from_str::<Id>(r.get()).map_err(|e| FetchError::Shape {
+                url: url.clone(),
+                problem: format!("a record of {key:?} without an integer id: {e}"),
+            })?;
+            ids.push(id.id);
+        }
+        let more = doc.get("nextPageUrl").is_some_and(|v| v.get() != "null");
+        if !paged || !more {
+            return Ok(ids);
+        }
+        page += 1;
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,15 @@
 //! in flight, and re-reading a period (the settling window) never duplicates it. A unit
 //! that still fails is quarantined in the manifest, retried on the next run, and reported
 //! (`dated`). Full refreshes and the list-style snapshot streams commit once, at the end of
-//! the stream (`snapshot`). Streams run concurrently and fail independently; their commits go
-//! through one in-process lock onto the manifest.
+//! the stream (`snapshot`). Per-user events commit after each batch of users (`events`);
+//! `incremental-deduped` merges changed keys into hash buckets (`dedupe`). Streams run
+//! concurrently and fail independently; their commits go through one in-process lock onto
+//! the manifest.
 
 mod custom_fields;
 mod dated;
 mod dedupe;
+mod events;
 mod snapshot;
 
 use std::collections::BTreeSet;
@@ -27,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::api::ApiClient;
-use crate::catalog::{Layout, StreamDef, SyncMode};
+use crate::catalog::{Layout, Source, StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
 use crate::manifest::{LiveFile, Manifest, ManifestError, StreamState};
 use crate::sink::{
@@ -96,6 +99,11 @@ pub struct SyncOptions {
     pub now: DateTime<Utc>,
     /// Buckets of a stream's first `incremental-deduped` sync (then fixed in the manifest).
     pub dedupe_buckets: u32,
+    /// `events`: users read between two commits (checkpoints).
+    pub events_batch_users: usize,
+    /// `events`: a run stops after about this many users (whole batches) and the next run
+    /// continues the pass; `None`: no limit.
+    pub events_max_users: Option<usize>,
 }
 
 impl SyncOptions {
@@ -112,6 +120,8 @@ impl SyncOptions {
             limits: WriterLimits::default(),
             now: Utc::now(),
             dedupe_buckets: 32,
+            events_batch_users: 1000,
+            events_max_users: None,
         }
     }
 }
@@ -379,6 +389,7 @@ async fn run_stream(
         namer: FileNamer::new(&run.run_id),
     };
     let result = match (stream.layout, mode) {
+        _ if stream.source == Source::UserEvents => ctx.user_events(mode, &mut p).await,
         (Layout::Dated, SyncMode::Incremental) => ctx.incremental(false, &mut p).await,
         (Layout::Dated, SyncMode::IncrementalDeduped) if !stream.primary_key.is_empty() => {
             ctx.incremental(true, &mut p).await

@@ -1,13 +1,13 @@
-//! Snapshot streams: the list-style endpoints, read whole by each run and committed at once;
-//! list members per list, where a list that keeps failing is quarantined alone.
+//! Snapshot streams: the list-style endpoints and campaign metrics, read whole by each run and
+//! committed at once; list members per list, where a list that keeps failing is quarantined alone.
 
 use std::collections::BTreeSet;
 
 use super::{Progress, QuarantineReport, StreamCtx};
-use crate::catalog::{Layout, SyncMode};
+use crate::catalog::{Layout, Source, SyncMode};
 use crate::manifest::Quarantined;
 use crate::sink::Partitioning;
-use crate::source::{list_users, pipeline, rest};
+use crate::source::{list_users, metrics, pipeline, rest};
 
 impl StreamCtx<'_> {
     /// A snapshot stream: read everything, then replace the previous snapshot in one commit.
@@ -17,7 +17,11 @@ impl StreamCtx<'_> {
         }
         let dir = self.dir(mode);
         let writer = self.writer(&dir, Partitioning::Fixed(String::new()), None);
-        let body = rest::body(self.run.client.clone(), self.stream.source);
+        let client = self.run.client.clone();
+        let body = match self.stream.source {
+            Source::CampaignMetrics => metrics::body(client, self.opts().start, self.opts().now),
+            source => rest::body(client, source),
+        };
         p.report.windows += 1;
         let fetched = pipeline::run(body, self.decoder.clone(), None, writer)
             .await

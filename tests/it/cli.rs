@@ -133,6 +133,8 @@ async fn a_wrong_key_fails_clearly_and_a_good_sync_never_shows_the_key() {
         "100000",
         "--list-users-requests-per-minute",
         "100000",
+        "--metrics-requests-per-minute",
+        "100000",
     ];
     let wrong = tokio::task::spawn_blocking({
         let args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
@@ -212,6 +214,8 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
             "--export-requests-per-minute",
             "100000",
             "--list-users-requests-per-minute",
+            "100000",
+            "--metrics-requests-per-minute",
             "100000",
             "--lag",
             "0",

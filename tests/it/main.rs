@@ -9,6 +9,7 @@ mod fake_export;
 mod fake_rest;
 mod harness;
 mod lake;
+mod metrics_events;
 mod rest_sync;
 mod support;
 mod users_typed;

@@ -31,6 +31,7 @@ fn client(fake: &FakeIterable, retries: u32) -> ApiClient {
     let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
     let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
     cfg.list_users_requests_per_minute = 60_000;
+    cfg.metrics_requests_per_minute = 60_000;
     cfg.retry = RetryPolicy {
         max_retries: retries,
         base_delay: Duration::from_millis(5),
