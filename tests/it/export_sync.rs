@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
+use iterable_lake::api::ApiClient;
 use iterable_lake::catalog::{self, StreamDef};
 use iterable_lake::convert::{Decoder, StreamSchema};
 use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults};
@@ -17,7 +17,7 @@ use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 
-use crate::lake::live_batches;
+use crate::lake::{fake_client, live_batches};
 use crate::support;
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -25,15 +25,7 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 fn client(fake: &FakeIterable) -> ApiClient {
-    let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
-    let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
-    cfg.export_requests_per_minute = 60_000;
-    cfg.retry = RetryPolicy {
-        max_retries: 8,
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-    };
-    ApiClient::new(cfg).unwrap()
+    fake_client(fake, 8)
 }
 
 fn options(streams: Vec<&'static StreamDef>, start: &str, now: DateTime<Utc>) -> SyncOptions {

@@ -1,6 +1,11 @@
-//! Reading a lake back in tests: the live files the manifest names, as record batches.
+//! Shared by the sync tests: a client of the fake, and reading a lake back (the live files
+//! the manifest names, as record batches).
+
+use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
+use iterable_lake::fake::FakeIterable;
 use iterable_lake::manifest::{LiveFile, Manifest};
 use iterable_lake::sink::LakeStore;
 use object_store::ObjectStoreExt;
@@ -34,4 +39,20 @@ pub async fn live_batches(lake: &LakeStore, stream: &str) -> Vec<(LiveFile, Vec<
         out.push((f.clone(), batches));
     }
     out
+}
+
+/// A client of the fake with no practical rate limits and short backoffs, retrying
+/// `retries` times.
+pub fn fake_client(fake: &FakeIterable, retries: u32) -> ApiClient {
+    let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
+    let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
+    cfg.export_requests_per_minute = 60_000;
+    cfg.list_users_requests_per_minute = 60_000;
+    cfg.metrics_requests_per_minute = 60_000;
+    cfg.retry = RetryPolicy {
+        max_retries: retries,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(100),
+    };
+    ApiClient::new(cfg).unwrap()
 }

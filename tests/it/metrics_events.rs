@@ -3,12 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
-use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
+use iterable_lake::api::ApiClient;
 use iterable_lake::catalog::{self, StreamDef};
 use iterable_lake::config::select_streams;
 use iterable_lake::convert::{Decoder, StreamSchema};
@@ -18,7 +17,7 @@ use iterable_lake::sink::{LakeStore, day_of, partition_day};
 use iterable_lake::source::metrics::column_name;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 
-use crate::lake::live_batches;
+use crate::lake::{fake_client, live_batches};
 use crate::support;
 
 const NOW: &str = "2024-01-04T00:00:00Z";
@@ -36,16 +35,7 @@ fn client(fake: &FakeIterable) -> ApiClient {
 }
 
 fn client_with_retries(fake: &FakeIterable, retries: u32) -> ApiClient {
-    let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
-    let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
-    cfg.list_users_requests_per_minute = 60_000;
-    cfg.metrics_requests_per_minute = 60_000;
-    cfg.retry = RetryPolicy {
-        max_retries: retries,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-    };
-    ApiClient::new(cfg).unwrap()
+    fake_client(fake, retries)
 }
 
 fn options(name: &str) -> SyncOptions {

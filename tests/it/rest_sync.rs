@@ -2,12 +2,11 @@
 //! templates, metadata) from the fake API into real lakes, exact against its ground truth.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use chrono::{DateTime, Utc};
-use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
+use iterable_lake::api::ApiClient;
 use iterable_lake::catalog::{self, Layout, StreamDef, SyncMode};
 use iterable_lake::fake::{FakeConfig, FakeIterable};
 use iterable_lake::manifest::Manifest;
@@ -15,7 +14,7 @@ use iterable_lake::sink::LakeStore;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use serde_json::Value;
 
-use crate::lake::live_batches;
+use crate::lake::{fake_client, live_batches};
 use crate::support;
 
 const NOW: &str = "2024-01-04T00:00:00Z";
@@ -28,16 +27,7 @@ fn snapshot_streams() -> Vec<&'static StreamDef> {
 }
 
 fn client(fake: &FakeIterable, retries: u32) -> ApiClient {
-    let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
-    let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
-    cfg.list_users_requests_per_minute = 60_000;
-    cfg.metrics_requests_per_minute = 60_000;
-    cfg.retry = RetryPolicy {
-        max_retries: retries,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-    };
-    ApiClient::new(cfg).unwrap()
+    fake_client(fake, retries)
 }
 
 async fn sync(fake: &FakeIterable, lake: &LakeStore, mode: Option<SyncMode>) -> RunReport {

@@ -3,12 +3,11 @@
 //! against the fake's ground truth.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
-use iterable_lake::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
+use iterable_lake::api::ApiClient;
 use iterable_lake::catalog::{self, StreamDef, SyncMode};
 use iterable_lake::convert::timestamp::parse_instant;
 use iterable_lake::fake::{FakeConfig, FakeIterable};
@@ -18,7 +17,7 @@ use iterable_lake::sink::bucket::{bucket_of, bucket_partition};
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use serde_json::Value;
 
-use crate::lake::live_batches;
+use crate::lake::{fake_client, live_batches};
 use crate::support;
 
 const START: &str = "2024-01-01T00:00:00Z";
@@ -32,15 +31,7 @@ fn users() -> &'static StreamDef {
 }
 
 fn client(fake: &FakeIterable) -> ApiClient {
-    let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
-    let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
-    cfg.export_requests_per_minute = 60_000;
-    cfg.retry = RetryPolicy {
-        max_retries: 8,
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-    };
-    ApiClient::new(cfg).unwrap()
+    fake_client(fake, 8)
 }
 
 /// Sync `users` at the fake's clock `now`, expecting success.
