@@ -55,6 +55,10 @@ impl StreamCtx<'_> {
         let mut done = BTreeSet::new();
         let mut failed = Vec::new();
         for id in &ids {
+            if self.stopping(p) {
+                self.run.delete_files(&files).await;
+                return Ok(());
+            }
             let folder = format!("list_id={id}");
             let writer = self.writer(&dir, Partitioning::Fixed(folder.clone()), None);
             p.report.windows += 1;
