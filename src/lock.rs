@@ -256,12 +256,18 @@ impl LakeLock {
         }
     }
 
-    fn hold(lake: &LakeStore, run_id: &str, generation: u64, lost: CancellationToken) -> LakeLock {
+    fn hold(
+        lake: &LakeStore,
+        run_id: &str,
+        generation: u64,
+        on_lost: CancellationToken,
+    ) -> LakeLock {
+        let lost = CancellationToken::new();
         let renewer = tokio::spawn(renew(
             lake.clone(),
             lake.path(&lease_name(generation)),
             Lease::new(run_id, Utc::now()),
-            lost.clone(),
+            [lost.clone(), on_lost],
         ));
         tracing::info!(run = run_id, generation, "holding the lake's lease");
         LakeLock {
@@ -296,7 +302,7 @@ async fn renew(
     lake: LakeStore,
     path: object_store::path::Path,
     mut lease: Lease,
-    lost: CancellationToken,
+    lost: [CancellationToken; 2],
 ) {
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
@@ -305,7 +311,7 @@ async fn renew(
                 tracing::error!(
                     "the lake's lease was taken over by another run; stopping after the unit in flight"
                 );
-                lost.cancel();
+                lost.iter().for_each(CancellationToken::cancel);
                 return;
             }
             Err(e) => {

@@ -129,17 +129,20 @@ impl StreamCtx<'_> {
         let mut next = plan.start;
         let mut queued: VecDeque<(Window, bool)> =
             plan.retries.iter().map(|w| (*w, true)).collect();
-        while !self.stopping(p) {
+        loop {
             let (unit, retry) = match queued.pop_front() {
                 Some(u) => u,
                 None => match plan.unit(next, days) {
-                    Some(w) => {
-                        next = w.end;
-                        (w, false)
-                    }
+                    Some(w) => (w, false),
                     None => break,
                 },
             };
+            if self.stopping(p) {
+                break;
+            }
+            if !retry {
+                next = unit.end;
+            }
             match self.fetch_unit(&fetcher, unit, self.stream.name, p).await {
                 Ok(files) => {
                     let rows = self.count(&files, p);

@@ -362,6 +362,7 @@ async fn write_report(lake: &LakeStore, report: &RunReport) {
 /// killed runs. The run holds the lake's lease, so no other run is writing there.
 async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'static StreamDef]) {
     let live: BTreeSet<&str> = manifest.live_paths().collect();
+    remove_staging_files(lake, streams);
     for s in streams {
         let prefix = lake.path(s.name);
         let Ok(objects) = lake.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
@@ -372,6 +373,33 @@ async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'stat
             if !live.contains(relative.as_str()) {
                 tracing::info!(path = %relative, "removing a file no commit names");
                 let _ = lake.store.delete(&o.location).await;
+            }
+        }
+    }
+}
+
+/// Delete the staging files (`<name>#<digits>`) of uploads a killed run left in a local
+/// lake's stream folders: the object store does not list them, so nothing else would.
+fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef]) {
+    let Some(root) = lake.local_dir() else {
+        return;
+    };
+    let mut dirs: Vec<std::path::PathBuf> = streams.iter().map(|s| root.join(s.name)).collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let staging = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if path.is_dir() {
+                dirs.push(path);
+            } else if staging {
+                tracing::info!(path = %path.display(), "removing an unfinished upload");
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
