@@ -479,7 +479,8 @@ async fn state_command(args: StateArgs) -> Result<u8> {
     let mut manifest = state::load(&lake).await?;
     match names {
         None => {
-            let summary = state::summarize(&dest, &manifest);
+            let mut summary = state::summarize(&dest, &manifest);
+            summary.last_run_report = state::last_report(&lake, &manifest).await;
             if args.json {
                 print_json(&summary)?;
             } else {
@@ -619,6 +620,8 @@ mod tests {
             commits,
             cursor: None,
             behind_seconds: None,
+            rate_limited: 0,
+            rate_limit_wait_seconds: 0.0,
             quarantined: Vec::new(),
             seconds: 1.0,
         }
@@ -641,6 +644,7 @@ mod tests {
             retries: 0,
             rate_limited: 0,
             backoff_seconds: 0.0,
+            rate_limit_wait_seconds: 0.0,
             interrupted: false,
             lease_lost: false,
         };

@@ -25,7 +25,7 @@ impl StreamCtx<'_> {
     }
 
     fn fetcher(&self) -> ExportFetcher {
-        ExportFetcher::new(self.run.client.clone(), self.stream, self.decoder.clone())
+        ExportFetcher::new(self.client.clone(), self.stream, self.decoder.clone())
     }
 
     /// Fetch one unit as windows, splitting windows that are cut off or time out.

@@ -24,6 +24,7 @@ mod snapshot;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -166,6 +167,9 @@ pub struct StreamReport {
     pub cursor: Option<DateTime<Utc>>,
     /// How far behind the end of the run the data is: seconds from the cursor to then.
     pub behind_seconds: Option<i64>,
+    /// This stream's requests answered 429, and the seconds waited after them.
+    pub rate_limited: u64,
+    pub rate_limit_wait_seconds: f64,
     pub quarantined: Vec<QuarantineReport>,
     pub seconds: f64,
 }
@@ -181,6 +185,7 @@ pub struct RunReport {
     pub retries: u64,
     pub rate_limited: u64,
     pub backoff_seconds: f64,
+    pub rate_limit_wait_seconds: f64,
     /// Stopped early by Ctrl-C or SIGTERM.
     pub interrupted: bool,
     /// Another run took the lake's lease over during this one (see [`crate::lock`]).
@@ -342,6 +347,7 @@ async fn run_locked(
         retries: load(&stats.retries),
         rate_limited: load(&stats.rate_limited),
         backoff_seconds: load(&stats.backoff_ms) as f64 / 1000.0,
+        rate_limit_wait_seconds: load(&stats.rate_limit_wait_ms) as f64 / 1000.0,
         interrupted: run.opts.cancel.is_cancelled(),
         lease_lost: lock.lost(),
     };
@@ -441,6 +447,8 @@ async fn run_stream(
             commits: 0,
             cursor: None,
             behind_seconds: None,
+            rate_limited: 0,
+            rate_limit_wait_seconds: 0.0,
             quarantined: Vec::new(),
             seconds: 0.0,
         },
@@ -451,8 +459,10 @@ async fn run_stream(
         run.extracted_at,
         stream.data_type(),
     ));
+    let (client, api_stats) = run.client.scoped();
     let ctx = StreamCtx {
         run,
+        client,
         stream,
         decoder,
         schema,
@@ -487,12 +497,17 @@ async fn run_stream(
         None => ctx.state().await.and_then(|s| s.cursor),
     };
     p.report.behind_seconds = cursor.map(|c| (Utc::now() - c).num_seconds());
+    p.report.rate_limited = api_stats.rate_limited.load(Ordering::Relaxed);
+    p.report.rate_limit_wait_seconds =
+        api_stats.rate_limit_wait_ms.load(Ordering::Relaxed) as f64 / 1000.0;
     tracing::info!(stream = stream.name, rows = p.report.rows, files = p.report.files, status = ?p.report.status, "stream done");
     p.report
 }
 
 struct StreamCtx<'r> {
     run: &'r Run,
+    /// The run's client, counting this stream's share of requests and waits.
+    client: ApiClient,
     stream: &'static StreamDef,
     decoder: Arc<Decoder>,
     schema: Arc<StreamSchema>,

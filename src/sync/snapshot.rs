@@ -17,7 +17,7 @@ impl StreamCtx<'_> {
         }
         let dir = self.dir(mode);
         let writer = self.writer(&dir, Partitioning::Fixed(String::new()), None);
-        let body = rest::body(self.run.client.clone(), self.stream.source);
+        let body = rest::body(self.client.clone(), self.stream.source);
         p.report.windows += 1;
         let fetched = pipeline::run(body, self.decoder.clone(), None, writer)
             .await
@@ -49,7 +49,7 @@ impl StreamCtx<'_> {
     /// quarantined (its previous members stay live) while the others land.
     async fn per_list(&self, mode: SyncMode, p: &mut Progress) -> Result<(), String> {
         let dir = self.dir(mode);
-        let client = &self.run.client;
+        let client = &self.client;
         let ids = rest::list_ids(client).await.map_err(|e| e.to_string())?;
         let mut files = Vec::new();
         let mut done = BTreeSet::new();

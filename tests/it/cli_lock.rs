@@ -345,6 +345,74 @@ async fn ctrl_c_stops_after_the_units_in_flight_and_reports() {
             assert!(s["behind_seconds"].as_i64().unwrap() > 0, "{s}");
         }
     }
+    let state = run(
+        &fake,
+        vec![
+            "state".into(),
+            "--dest".into(),
+            lake.to_str().unwrap().into(),
+        ],
+    )
+    .await;
+    assert_eq!(state.status.code(), Some(0), "{}", text(&state));
+    let shown = String::from_utf8_lossy(&state.stdout).into_owned();
+    let run_id = r["run_id"].as_str().unwrap();
+    assert!(
+        shown.contains(&format!("last run {run_id}: ")) && shown.contains(", interrupted;"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("email_send") && l.contains("succeeded") && l.contains('d')),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_each_streams_429s_and_waits() {
+    let mut cfg = FakeConfig::small(35);
+    cfg.faults = Faults {
+        export_rate: Some((1, Duration::from_millis(500))),
+        retry_after: true,
+        ..Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(END.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let out = run(
+        &fake,
+        sync_args(
+            &fake,
+            &lake,
+            END,
+            &[
+                "--streams",
+                "email_send,email_open,email_click",
+                "--concurrency",
+                "3",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&lake, &out);
+    let streams = r["streams"].as_array().unwrap();
+    let per_stream: u64 = streams
+        .iter()
+        .map(|s| s["rate_limited"].as_u64().unwrap())
+        .sum();
+    assert!(per_stream > 0, "{r}");
+    assert_eq!(per_stream, r["rate_limited"].as_u64().unwrap());
+    assert_eq!(per_stream, fake.rate_limited());
+    let waited: f64 = streams
+        .iter()
+        .map(|s| s["rate_limit_wait_seconds"].as_f64().unwrap())
+        .sum();
+    assert!(waited > 0.0, "{r}");
+    assert!((waited - r["rate_limit_wait_seconds"].as_f64().unwrap()).abs() < 0.01);
+    assert_exact(&fake, &manifest(&lake).await, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
