@@ -27,7 +27,7 @@ use crate::config::{
     self, ApiSettings, ConfigError, Given, Layer, Origin, find_stream, parse_date, split_names,
 };
 use crate::fake::{FakeConfig, FakeIterable};
-use crate::lock::LockError;
+use crate::lock::{LakeLock, LockError};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::sink::{LakeStore, StoreError};
@@ -133,9 +133,13 @@ pub fn error_line(e: &anyhow::Error) -> String {
 
 /// The exit code of an error that reached `main`.
 pub fn error_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<SyncError>() {
-        Some(SyncError::Lock(LockError::Busy { .. })) => return exit::LOCKED,
-        Some(SyncError::Lock(LockError::Interrupted { .. })) => return exit::INTERRUPTED,
+    let lock = match e.downcast_ref::<SyncError>() {
+        Some(SyncError::Lock(l)) => Some(l),
+        _ => e.downcast_ref::<LockError>(),
+    };
+    match lock {
+        Some(LockError::Busy { .. }) => return exit::LOCKED,
+        Some(LockError::Interrupted { .. }) => return exit::INTERRUPTED,
         _ => {}
     }
     if e.downcast_ref::<UsageError>().is_some() {
@@ -497,6 +501,7 @@ async fn state_command(args: StateArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Commit a reset, holding the lake's lock (exit 75 when a sync holds it).
 async fn reset_streams(lake: &LakeStore, manifest: &mut Manifest, names: &[String]) -> Result<()> {
     let done = state::reset(manifest, names);
     for r in &done {
@@ -507,7 +512,17 @@ async fn reset_streams(lake: &LakeStore, manifest: &mut Manifest, names: &[Strin
         return Ok(());
     }
     let run = format!("reset-{}", sync::new_run_id(Utc::now()));
-    manifest.commit(lake, &run).await?;
+    let lock = LakeLock::acquire(
+        lake,
+        &run,
+        Duration::ZERO,
+        &CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await?;
+    let committed = manifest.commit(lake, &run).await;
+    lock.release().await;
+    committed?;
     println!(
         "committed manifest version {}: the next sync extracts these streams again from --start-date",
         manifest.version

@@ -18,7 +18,8 @@ Exit codes:
   2   sync: completed, with windows quarantined (retried on the next run)
   3   check: the API key is unusable (rejected, wrong data centre, API unreachable)
   64  bad usage: unknown flag, stream or config key, or a bad value
-  75  sync: another run holds the lake's lock (try again later, or --wait-for-lock)
+  75  sync, state reset: another run holds the lake's lock (try again later,
+      or sync --wait-for-lock)
   130 sync: interrupted (Ctrl-C or SIGTERM); committed units stay, the next run resumes";
 
 #[derive(Debug, Parser)]

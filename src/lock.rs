@@ -267,6 +267,7 @@ impl LakeLock {
             lake.clone(),
             lake.path(&lease_name(generation)),
             Lease::new(run_id, Utc::now()),
+            RENEW_EVERY,
             [lost.clone(), on_lost],
         ));
         tracing::info!(run = run_id, generation, "holding the lake's lease");
@@ -296,16 +297,17 @@ impl LakeLock {
     }
 }
 
-/// Renew the lease at `path` every [`RENEW_EVERY`] until aborted; cancel `lost` and stop
-/// when the lease is gone.
+/// Renew the lease at `path` every `every` until aborted; cancel `lost` and stop when the
+/// lease is gone.
 async fn renew(
     lake: LakeStore,
     path: object_store::path::Path,
     mut lease: Lease,
+    every: Duration,
     lost: [CancellationToken; 2],
 ) {
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(every).await;
         match lake.store.head(&path).await {
             Err(object_store::Error::NotFound { .. }) => {
                 tracing::error!(
@@ -414,6 +416,36 @@ mod tests {
             "{err}"
         );
         assert_eq!(leases(&lake).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn renewal_pushes_the_expiry_and_notices_a_lost_lease() {
+        let lake = LakeStore::in_memory();
+        let path = lake.path(&lease_name(1));
+        let lease = Lease::new("r", Utc::now() - chrono::Duration::minutes(4));
+        lake.store
+            .put(&path, serde_json::to_vec(&lease).unwrap().into())
+            .await
+            .unwrap();
+        let tokens = [token(), token()];
+        let task = tokio::spawn(renew(
+            lake.clone(),
+            path.clone(),
+            lease.clone(),
+            Duration::from_millis(10),
+            tokens.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, renewed) = leases(&lake).await.unwrap().pop().unwrap();
+        assert!(renewed.unwrap().expires_at > lease.expires_at);
+        assert!(!tokens[1].is_cancelled());
+        lake.store.delete(&path).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(tokens.iter().all(CancellationToken::is_cancelled));
+        assert!(leases(&lake).await.unwrap().is_empty(), "not written again");
     }
 
     #[test]

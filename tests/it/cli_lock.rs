@@ -218,6 +218,21 @@ async fn a_second_sync_fails_at_once_naming_the_first_or_waits_for_it() {
         "{msg}"
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "it failed at once");
+    let reset = run(
+        &fake,
+        [
+            "state",
+            "--dest",
+            lake.to_str().unwrap(),
+            "reset",
+            "email_send",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(reset.status.code(), Some(75), "{}", text(&reset));
+    assert!(text(&reset).contains(&format!("locked by run {holder}")));
 
     let third = run(
         &fake,
