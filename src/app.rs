@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use chrono::{Datelike, TimeZone, Utc};
 use futures::StreamExt;
 use indicatif::ProgressDrawTarget;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -26,12 +27,13 @@ use crate::config::{
     self, ApiSettings, ConfigError, Given, Layer, Origin, find_stream, parse_date, split_names,
 };
 use crate::fake::{FakeConfig, FakeIterable};
+use crate::lock::{LakeLock, LockError};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::sink::{LakeStore, StoreError};
 use crate::state::{self, StateError};
 use crate::streams;
-use crate::sync::{self, RunReport, StreamStatus};
+use crate::sync::{self, RunReport, StreamStatus, SyncError};
 
 /// Exit codes (documented in the README and under `--help`).
 pub mod exit {
@@ -40,6 +42,11 @@ pub mod exit {
     pub const QUARANTINED: u8 = 2;
     pub const KEY_UNUSABLE: u8 = 3;
     pub const USAGE: u8 = 64;
+    /// `sync`: another run holds the lake's lock. EX_TEMPFAIL of sysexits.h ("try again
+    /// later"), so schedulers can tell a busy lake from a failed sync and retry.
+    pub const LOCKED: u8 = 75;
+    /// `sync`: stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// An error the user fixes in the command line or a config file: exit 64.
@@ -126,6 +133,15 @@ pub fn error_line(e: &anyhow::Error) -> String {
 
 /// The exit code of an error that reached `main`.
 pub fn error_code(e: &anyhow::Error) -> u8 {
+    let lock = match e.downcast_ref::<SyncError>() {
+        Some(SyncError::Lock(l)) => Some(l),
+        _ => e.downcast_ref::<LockError>(),
+    };
+    match lock {
+        Some(LockError::Busy { .. }) => return exit::LOCKED,
+        Some(LockError::Interrupted { .. }) => return exit::INTERRUPTED,
+        _ => {}
+    }
     if e.downcast_ref::<UsageError>().is_some() {
         exit::USAGE
     } else {
@@ -201,9 +217,16 @@ fn open_lake(dest: &str) -> Result<LakeStore> {
 
 async fn sync_command(args: SyncArgs, progress: Option<Progress>) -> Result<u8> {
     let layer = layers(&args.source, args.layer())?;
-    let cfg = layer.sync_config(Utc::now()).map_err(usage)?;
+    let mut cfg = layer.sync_config(Utc::now()).map_err(usage)?;
+    if args.dry_run {
+        return dry_run(&cfg).await;
+    }
     let client = client(&cfg.api, None)?;
     let lake = open_lake(&cfg.dest)?;
+    cfg.options.wait_for_lock = args.wait_for_lock.unwrap_or_default();
+    let cancel = CancellationToken::new();
+    cfg.options.cancel = cancel.clone();
+    tokio::spawn(stop_on_signals(cancel));
     let report = sync::run(lake, client, cfg.options).await;
     if let Some(p) = &progress {
         p.clear();
@@ -213,9 +236,70 @@ async fn sync_command(args: SyncArgs, progress: Option<Progress>) -> Result<u8> 
     Ok(exit_code(&report))
 }
 
-/// 0 when every stream succeeded, 2 when some windows were quarantined, 1 when a stream failed.
+/// Cancel `cancel` on the first Ctrl-C or SIGTERM, so the run stops after the units in
+/// flight; exit at once on the second (files of the units in flight are then left for the
+/// next run to remove).
+async fn stop_on_signals(cancel: CancellationToken) {
+    for n in 0..2 {
+        if let Err(e) = next_signal().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C or SIGTERM");
+            return;
+        }
+        if n == 0 {
+            eprintln!(
+                "interrupted: finishing and committing the units in flight, starting nothing new (again to stop at once)"
+            );
+            cancel.cancel();
+        }
+    }
+    eprintln!(
+        "interrupted again: stopping at once; units in flight were not committed (the next run removes their files)"
+    );
+    std::process::exit(i32::from(exit::INTERRUPTED));
+}
+
+/// The next Ctrl-C (SIGINT) or SIGTERM.
+async fn next_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
+/// `sync --dry-run`: the plan from the lake's manifest; no request, no lock, nothing written
+/// (a missing local lake is not created).
+async fn dry_run(cfg: &config::SyncConfig) -> Result<u8> {
+    let manifest = match state::open_lake(&cfg.dest) {
+        Ok(lake) => Manifest::load(&lake).await?,
+        Err(StateError::NoLake { .. }) => Manifest::default(),
+        Err(StateError::Store(e @ StoreError::BadDestination { .. })) => {
+            return Err(usage(UsageError::Destination(e)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print!("{}", sync::plan::describe(&cfg.options, &manifest));
+    Ok(exit::OK)
+}
+
+/// 130 when interrupted, 1 when a stream failed or the lease was lost, 2 when some windows
+/// were quarantined, 0 when every stream succeeded.
 pub fn exit_code(report: &RunReport) -> u8 {
-    if !report.failed().is_empty() {
+    if report.lease_lost {
+        exit::FAILED
+    } else if report.interrupted {
+        exit::INTERRUPTED
+    } else if !report.failed().is_empty() {
         exit::FAILED
     } else if report.quarantined() {
         exit::QUARANTINED
@@ -240,6 +324,7 @@ pub fn summary(report: &RunReport) -> String {
             StreamStatus::UpToDate => "up to date".to_string(),
             StreamStatus::Quarantined => format!("{} window(s) quarantined", s.quarantined.len()),
             StreamStatus::Failed(e) => format!("FAILED: {e}"),
+            StreamStatus::Interrupted => "interrupted".to_string(),
         };
         let cursor = s.cursor.map(|c| c.to_rfc3339()).unwrap_or_default();
         out += &format!(
@@ -277,6 +362,12 @@ pub fn summary(report: &RunReport) -> String {
         .collect();
     if !failed.is_empty() {
         out += &format!("failed streams: {}\n", failed.join(", "));
+    }
+    if report.interrupted {
+        out += "interrupted: the streams marked committed keep what they committed; the next run resumes from their cursors\n";
+    }
+    if report.lease_lost {
+        out += "another run took over the lake's lock during this run: this run stopped early (run again)\n";
     }
     out
 }
@@ -395,7 +486,8 @@ async fn state_command(args: StateArgs) -> Result<u8> {
     let mut manifest = state::load(&lake).await?;
     match names {
         None => {
-            let summary = state::summarize(&dest, &manifest);
+            let mut summary = state::summarize(&dest, &manifest);
+            summary.last_run_report = state::last_report(&lake, &manifest).await;
             if args.json {
                 print_json(&summary)?;
             } else {
@@ -412,6 +504,7 @@ async fn state_command(args: StateArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Commit a reset, holding the lake's lock (exit 75 when a sync holds it).
 async fn reset_streams(lake: &LakeStore, manifest: &mut Manifest, names: &[String]) -> Result<()> {
     let done = state::reset(manifest, names);
     for r in &done {
@@ -422,7 +515,17 @@ async fn reset_streams(lake: &LakeStore, manifest: &mut Manifest, names: &[Strin
         return Ok(());
     }
     let run = format!("reset-{}", sync::new_run_id(Utc::now()));
-    manifest.commit(lake, &run).await?;
+    let lock = LakeLock::acquire(
+        lake,
+        &run,
+        Duration::ZERO,
+        &CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await?;
+    let committed = manifest.commit(lake, &run).await;
+    lock.release().await;
+    committed?;
     println!(
         "committed manifest version {}: the next sync extracts these streams again from --start-date",
         manifest.version
@@ -535,6 +638,9 @@ mod tests {
             malformed_lines: 0,
             commits,
             cursor: None,
+            behind_seconds: None,
+            rate_limited: 0,
+            rate_limit_wait_seconds: 0.0,
             quarantined: Vec::new(),
             seconds: 1.0,
         }
@@ -557,6 +663,9 @@ mod tests {
             retries: 0,
             rate_limited: 0,
             backoff_seconds: 0.0,
+            rate_limit_wait_seconds: 0.0,
+            interrupted: false,
+            lease_lost: false,
         };
         let text = summary(&report);
         let line = |name: &str| {

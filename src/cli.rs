@@ -17,7 +17,10 @@ Exit codes:
       check: a stream is not readable; state: no lake or manifest at --dest
   2   sync: completed, with windows quarantined (retried on the next run)
   3   check: the API key is unusable (rejected, wrong data centre, API unreachable)
-  64  bad usage: unknown flag, stream or config key, or a bad value";
+  64  bad usage: unknown flag, stream or config key, or a bad value
+  75  sync, state reset: another run holds the lake's lock (try again later,
+      or sync --wait-for-lock)
+  130 sync: interrupted (Ctrl-C or SIGTERM); committed units stay, the next run resumes";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -173,6 +176,33 @@ pub struct SyncArgs {
     /// continues the pass from its checkpoint [default: no limit].
     #[arg(long, value_name = "N")]
     pub events_max_users: Option<u64>,
+    /// When another run holds the lake's lock, wait this long for it (e.g. 90s, 30m, 2h)
+    /// before giving up with exit 75 [default: 0, give up at once].
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait_for_lock: Option<std::time::Duration>,
+    /// Print, per stream, the windows and requests the sync would make, from the lake's
+    /// manifest, then exit: no API request, nothing written.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// A duration: seconds, or a number with `s`, `m` or `h`.
+pub fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m or 2h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration like 90s, 30m or 2h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 impl SyncArgs {
@@ -370,5 +400,16 @@ mod tests {
         assert_eq!(layer.lag.unwrap().value, 0);
         assert_eq!(layer.concurrency.unwrap().value, 2);
         assert!(layer.key.is_none() && layer.lookback.is_none());
+    }
+
+    #[test]
+    fn waits_are_durations() {
+        let secs = |t| parse_wait(t).map(|d| d.as_secs());
+        assert_eq!(secs("90"), Ok(90));
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("30m"), Ok(1800));
+        assert_eq!(secs("2h"), Ok(7200));
+        assert!(secs("2d").unwrap_err().contains("not a duration"));
+        assert!(secs("m").is_err());
     }
 }

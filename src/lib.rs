@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod fake;
+pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod sink;

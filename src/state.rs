@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::SyncMode;
 use crate::manifest::{Manifest, ManifestError};
@@ -80,6 +81,88 @@ pub struct LakeSummary {
     pub committed_at: Option<DateTime<Utc>>,
     pub last_run: Option<String>,
     pub streams: Vec<StreamSummary>,
+    /// The report of the run that made the latest commit, when it is in `_runs/`.
+    pub last_run_report: Option<RunSummary>,
+}
+
+/// What `state` shows of a run's report (`_runs/<run-id>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    #[serde(default)]
+    pub interrupted: bool,
+    pub rate_limited: u64,
+    #[serde(default)]
+    pub rate_limit_wait_seconds: f64,
+    pub streams: Vec<RunStreamSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStreamSummary {
+    pub stream: String,
+    pub status: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub rows: u64,
+    #[serde(default)]
+    pub behind_seconds: Option<i64>,
+    #[serde(default)]
+    pub rate_limited: u64,
+    #[serde(default)]
+    pub rate_limit_wait_seconds: f64,
+}
+
+/// The report of the manifest's last run, if `_runs/` holds it (resets write none); a
+/// report that cannot be read is skipped with a warning.
+pub async fn last_report(lake: &LakeStore, manifest: &Manifest) -> Option<RunSummary> {
+    let run = manifest.last_run.as_deref()?;
+    let path = lake.path(&format!("_runs/{run}.json"));
+    let bytes = lake.store.get(&path).await.ok()?.bytes().await.ok()?;
+    serde_json::from_slice(&bytes)
+        .inspect_err(|e| tracing::warn!(run, error = %e, "the last run's report is not readable"))
+        .ok()
+}
+
+/// `1d 2h`, `3h 4m`, `5m 6s`: a duration for people.
+fn age(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+fn render_run(r: &RunSummary) -> String {
+    let mut out = format!(
+        "
+last run {}: {} to {}{}; {} rate-limited answers, {:.1}s waited after them\n",
+        r.run_id,
+        r.started_at.to_rfc3339(),
+        r.finished_at.to_rfc3339(),
+        if r.interrupted { ", interrupted" } else { "" },
+        r.rate_limited,
+        r.rate_limit_wait_seconds
+    );
+    out += &format!(
+        "{:<28} {:<12} {:>10} {:>14} {:>6} {:>9}\n",
+        "stream", "status", "rows", "behind by", "429s", "waited"
+    );
+    for s in &r.streams {
+        out += &format!(
+            "{:<28} {:<12} {:>10} {:>14} {:>6} {:>8.1}s\n",
+            s.stream,
+            s.status,
+            s.rows,
+            s.behind_seconds.map_or_else(|| "-".to_string(), age),
+            s.rate_limited,
+            s.rate_limit_wait_seconds
+        );
+    }
+    out
 }
 
 pub fn summarize(dest: &str, manifest: &Manifest) -> LakeSummary {
@@ -88,6 +171,7 @@ pub fn summarize(dest: &str, manifest: &Manifest) -> LakeSummary {
         manifest_version: manifest.version,
         committed_at: manifest.committed_at,
         last_run: manifest.last_run.clone(),
+        last_run_report: None,
         streams: manifest
             .streams
             .iter()
@@ -165,6 +249,9 @@ pub fn render(summary: &LakeSummary) -> String {
                 q.error
             );
         }
+    }
+    if let Some(r) = &summary.last_run_report {
+        out += &render_run(r);
     }
     out
 }
@@ -289,6 +376,32 @@ mod tests {
             text.contains("email_send [2024-01-02T00:00:00+00:00, 2024-01-03T00:00:00+00:00) after 6 attempts since run r: response cut off"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_last_run_report_shows_freshness_and_429s() {
+        let report = serde_json::json!({
+            "run_id": "r", "dest": "/lake", "started_at": "2024-01-04T00:00:00Z",
+            "finished_at": "2024-01-04T00:10:00Z", "requests": 9, "retries": 2,
+            "rate_limited": 2, "backoff_seconds": 3.0, "rate_limit_wait_seconds": 2.5,
+            "interrupted": true, "lease_lost": false,
+            "streams": [{"stream": "email_send", "mode": "incremental", "status": "succeeded",
+                "rows": 7, "files": 1, "bytes": 100, "windows": 1, "window_retries": 0,
+                "malformed_lines": 0, "commits": 1, "cursor": "2024-01-04T00:00:00Z",
+                "behind_seconds": 93784, "rate_limited": 2, "rate_limit_wait_seconds": 2.5,
+                "quarantined": [], "seconds": 1.0}]
+        });
+        let mut summary = summarize("/lake", &manifest());
+        summary.last_run_report = Some(serde_json::from_value(report).unwrap());
+        let text = render(&summary);
+        assert!(text.contains("last run r: 2024-01-04T00:00:00+00:00 to 2024-01-04T00:10:00+00:00, interrupted; 2 rate-limited answers, 2.5s waited after them"), "{text}");
+        let line = text.lines().rfind(|l| l.starts_with("email_send")).unwrap();
+        assert!(
+            line.contains("succeeded") && line.contains("1d 2h") && line.ends_with("2.5s"),
+            "{line}"
+        );
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(3_661), "1h 1m");
     }
 
     #[test]

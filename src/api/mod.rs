@@ -156,6 +156,8 @@ pub struct ApiStats {
     pub retries: AtomicU64,
     pub rate_limited: AtomicU64,
     pub backoff_ms: AtomicU64,
+    /// The part of `backoff_ms` spent waiting after 429 answers.
+    pub rate_limit_wait_ms: AtomicU64,
 }
 
 /// Iterable's error body.
@@ -178,6 +180,8 @@ pub struct ApiClient {
     metrics_limiter: Arc<DefaultDirectRateLimiter>,
     retry: RetryPolicy,
     pub stats: Arc<ApiStats>,
+    /// Counters of one part of the run (a stream), kept besides `stats`.
+    scope: Option<Arc<ApiStats>>,
 }
 
 /// A limiter of `per_minute` requests, one at a time (no bursts).
@@ -217,7 +221,27 @@ impl ApiClient {
             metrics_limiter: per_minute(cfg.metrics_requests_per_minute),
             retry: cfg.retry,
             stats: Arc::default(),
+            scope: None,
         })
+    }
+
+    /// A client sharing this one's connections, limits and counters that also counts its
+    /// own requests, 429s and waits in the returned stats (a stream's share of the run).
+    pub fn scoped(&self) -> (ApiClient, Arc<ApiStats>) {
+        let scope = Arc::new(ApiStats::default());
+        let client = ApiClient {
+            scope: Some(scope.clone()),
+            ..self.clone()
+        };
+        (client, scope)
+    }
+
+    /// Add `n` to the counter `pick` chooses, in the run's stats and the scope's.
+    fn count(&self, pick: fn(&ApiStats) -> &AtomicU64, n: u64) {
+        pick(&self.stats).fetch_add(n, Ordering::Relaxed);
+        if let Some(scope) = &self.scope {
+            pick(scope).fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -272,7 +296,8 @@ impl ApiClient {
                 Family::Metrics => self.metrics_limiter.until_ready().await,
                 Family::Other => {}
             }
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.count(|s| &s.requests, 1);
+            let mut limited = false;
             let sent = self
                 .http
                 .get(url.clone())
@@ -308,7 +333,8 @@ impl ApiClient {
                         });
                     }
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        limited = true;
+                        self.count(|s| &s.rate_limited, 1);
                     }
                     tracing::debug!(url = %shown, status = status.as_u16(), code = %body.code, attempt, "retrying");
                     retry_after
@@ -326,10 +352,12 @@ impl ApiClient {
                 }
             };
             let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .backoff_ms
-                .fetch_add(delay.as_millis() as u64, Ordering::Relaxed);
+            let ms = delay.as_millis() as u64;
+            self.count(|s| &s.retries, 1);
+            self.count(|s| &s.backoff_ms, ms);
+            if limited {
+                self.count(|s| &s.rate_limit_wait_ms, ms);
+            }
             tokio::time::sleep(delay).await;
         }
     }

@@ -108,6 +108,18 @@ impl LakeStore {
         Path::from_iter(self.root.parts().chain(relative.parts()))
     }
 
+    /// The lake's folder when it is on local disk.
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        if self.display.contains("://") && !self.display.starts_with("file://") {
+            return None;
+        }
+        let local = self
+            .display
+            .strip_prefix("file://")
+            .unwrap_or(&self.display);
+        std::fs::canonicalize(local).ok()
+    }
+
     /// `path` relative to the lake's root.
     pub fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.root) {

@@ -5,9 +5,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::dedupe::{Bucketing, is_bucket_file};
-use super::{
-    MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, floor_day, to_time,
-};
+use super::{MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, plan, to_time};
 use crate::catalog::SyncMode;
 use crate::manifest::Quarantined;
 use crate::sink::{Partitioning, WrittenFile, day_of, partition_day};
@@ -28,7 +26,7 @@ impl StreamCtx<'_> {
     }
 
     fn fetcher(&self) -> Result<ExportFetcher, String> {
-        ExportFetcher::new(self.run.client.clone(), self.stream, self.decoder.clone())
+        ExportFetcher::new(self.client.clone(), self.stream, self.decoder.clone())
             .ok_or_else(|| format!("{} is not an export stream", self.stream.name))
     }
 
@@ -125,52 +123,49 @@ impl StreamCtx<'_> {
             .as_ref()
             .and_then(|s| s.cursor)
             .map(|c| c.timestamp_micros());
-        let end = self.end();
-        let start = match (cursor, self.opts().start) {
-            (Some(c), _) => floor_day(c) - self.opts().lookback_days * MICROS_PER_DAY,
-            (None, Some(s)) => floor_day(s.timestamp_micros()),
-            (None, None) => {
-                return Err("no cursor yet: give --start-date for the first sync".to_string());
-            }
-        };
-        p.report.cursor = cursor.map(to_time);
-        let mut units: Vec<(Window, bool)> = state
+        let quarantined: Vec<Window> = state
             .iter()
             .flat_map(|s| s.quarantine.iter())
             .map(|q| Window {
                 start: q.start.timestamp_micros(),
                 end: q.end.timestamp_micros(),
             })
-            .filter(|w| w.end <= start)
-            .map(|w| (w, true))
             .collect();
-        let up_to_date = cursor.is_some_and(|c| end <= c);
-        if units.is_empty() && (up_to_date || end <= start) {
+        let plan = plan::incremental(
+            cursor,
+            self.opts().start.map(|s| s.timestamp_micros()),
+            self.end(),
+            self.opts().lookback_days,
+            &quarantined,
+        )
+        .map_err(|e| e.to_string())?;
+        p.report.cursor = cursor.map(to_time);
+        if plan.up_to_date() {
             p.report.status = StreamStatus::UpToDate;
             return Ok(());
         }
-        for (w, _) in &units {
+        for w in &plan.retries {
             tracing::info!(stream = self.stream.name, window = %w, "retrying a quarantined window");
         }
         let policy = self.opts().window.clone();
         let mut days = policy.initial_days.max(1);
-        let mut next = start;
-        let sweep = !up_to_date;
-        let mut queued = units.drain(..).collect::<VecDeque<_>>();
+        let mut next = plan.start;
+        let mut queued: VecDeque<(Window, bool)> =
+            plan.retries.iter().map(|w| (*w, true)).collect();
         loop {
             let (unit, retry) = match queued.pop_front() {
                 Some(u) => u,
-                None if sweep && next < end => {
-                    let unit_end = (next + days * MICROS_PER_DAY).min(end);
-                    let w = Window {
-                        start: next,
-                        end: unit_end,
-                    };
-                    next = unit_end;
-                    (w, false)
-                }
-                None => break,
+                None => match plan.unit(next, days) {
+                    Some(w) => (w, false),
+                    None => break,
+                },
             };
+            if self.stopping(p) {
+                break;
+            }
+            if !retry {
+                next = unit.end;
+            }
             match self
                 .fetch_unit(&fetcher, unit, &dir, bucketing.as_ref(), p)
                 .await
@@ -282,22 +277,21 @@ impl StreamCtx<'_> {
         mode: SyncMode,
         p: &mut Progress,
     ) -> Result<(), String> {
-        let Some(start) = self.opts().start else {
-            return Err("a full refresh needs --start-date".to_string());
-        };
-        let fetcher = self.fetcher()?;
-        let start = floor_day(start.timestamp_micros());
         let end = self.end();
+        let units = plan::full_refresh(
+            self.opts().start.map(|s| s.timestamp_micros()),
+            end,
+            self.opts().window.initial_days,
+        )
+        .map_err(|e| e.to_string())?;
+        let fetcher = self.fetcher()?;
         let dir = self.dir(mode);
         let mut all = Vec::new();
-        let mut next = start;
-        let days = self.opts().window.initial_days.max(1);
-        while next < end {
-            let unit = Window {
-                start: next,
-                end: (next + days * MICROS_PER_DAY).min(end),
-            };
-            next = unit.end;
+        for unit in units {
+            if self.stopping(p) {
+                self.run.delete_files(&all).await;
+                return Ok(());
+            }
             match self.fetch_unit(&fetcher, unit, &dir, None, p).await {
                 Ok(files) => all.extend(files),
                 Err(UnitFailure { error, .. }) => {

@@ -19,12 +19,11 @@ use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{GARBAGE_MIN_AGE, StreamCtx};
+use super::StreamCtx;
 use crate::manifest::LiveFile;
 use crate::sink::bucket::row_keys;
 use crate::sink::{PartitionedWriter, Partitioning, WriterLimits, WrittenFile};
@@ -208,10 +207,11 @@ impl StreamCtx<'_> {
         .map_err(|e| format!("a decoding task stopped: {e}"))?
     }
 
-    /// Delete staging folders that crashed runs left (old enough not to be in progress).
+    /// Delete the staging folders other runs left (crashed ones: the run holds the lake's
+    /// lease, so no other run is in progress).
     pub(super) async fn remove_stale_staging(&self) {
         let lake = &self.run.lake;
-        let cutoff = Utc::now() - GARBAGE_MIN_AGE;
+        let own = format!("{STAGING_DIR}/{}/", self.run.run_id);
         let Ok(objects) = lake
             .store
             .list(Some(&lake.path(STAGING_DIR)))
@@ -220,7 +220,10 @@ impl StreamCtx<'_> {
         else {
             return;
         };
-        for o in objects.into_iter().filter(|o| o.last_modified < cutoff) {
+        for o in objects
+            .into_iter()
+            .filter(|o| !lake.relative(&o.location).starts_with(&own))
+        {
             let _ = lake.store.delete(&o.location).await;
         }
     }

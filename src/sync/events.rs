@@ -41,7 +41,7 @@ impl StreamCtx<'_> {
             p.report.mode = SyncMode::FullRefreshOverwrite;
         }
         let resume = self.state().await.and_then(|s| s.checkpoint);
-        let members = user_events::members(&self.run.client)
+        let members = user_events::members(&self.client)
             .await
             .map_err(|e| format!("reading list members: {e}; nothing was committed"))?;
         let now = self.opts().now;
@@ -73,6 +73,9 @@ impl StreamCtx<'_> {
         let mut read = 0usize;
         loop {
             let more = users.peek().is_some();
+            if more && self.stopping(p) {
+                return Ok(());
+            }
             if more && self.opts().events_max_users.is_some_and(|max| read >= max) {
                 tracing::info!(
                     stream = self.stream.name,
@@ -145,7 +148,7 @@ impl StreamCtx<'_> {
                 Some(column),
             );
             p.report.windows += 1;
-            let body = user_events::body(self.run.client.clone(), users.to_vec());
+            let body = user_events::body(self.client.clone(), users.to_vec());
             match pipeline::run(body, self.decoder.clone(), None, writer).await {
                 Ok(f) => {
                     p.report.malformed_lines += f.malformed;

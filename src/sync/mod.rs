@@ -12,15 +12,24 @@
 //! `incremental-deduped` merges changed keys into hash buckets (`dedupe`). Streams run
 //! concurrently and fail independently; their commits go through one in-process lock onto
 //! the manifest.
+//!
+//! A run holds the lake's lease ([`crate::lock`]) from before it reads the manifest until
+//! its report is written, so no other run writes the lake meanwhile; that is what lets it
+//! remove every file no manifest names. When `SyncOptions::cancel` fires (Ctrl-C, SIGTERM)
+//! or the lease is lost, no new unit, list or stream starts; the unit in flight finishes and
+//! commits (a full refresh, which commits only at its end, deletes its files instead), and
+//! the streams stopped early report `interrupted`.
 
 mod custom_fields;
 mod dated;
 mod dedupe;
 mod events;
+pub mod plan;
 mod snapshot;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -28,18 +37,18 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
 use crate::catalog::{Layout, Source, StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
+use crate::lock::{LakeLock, LockError};
 use crate::manifest::{LiveFile, Manifest, ManifestError, StreamState};
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
 };
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-/// Unreferenced files younger than this may belong to a run in progress and are kept.
-const GARBAGE_MIN_AGE: Duration = Duration::hours(1);
 /// The version of the schemas this build writes.
 const SCHEMA_VERSION: u32 = 1;
 
@@ -47,6 +56,8 @@ const SCHEMA_VERSION: u32 = 1;
 pub enum SyncError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("stream {stream}: {source}")]
     Schema {
         stream: String,
@@ -104,6 +115,10 @@ pub struct SyncOptions {
     /// `events`: a run stops after about this many users (whole batches) and the next run
     /// continues the pass; `None`: no limit.
     pub events_max_users: Option<usize>,
+    /// Fired to stop the run early (Ctrl-C, SIGTERM): no new unit starts.
+    pub cancel: CancellationToken,
+    /// How long to wait for another run's lease on the lake before failing.
+    pub wait_for_lock: std::time::Duration,
 }
 
 impl SyncOptions {
@@ -122,6 +137,8 @@ impl SyncOptions {
             dedupe_buckets: 32,
             events_batch_users: 1000,
             events_max_users: None,
+            cancel: CancellationToken::new(),
+            wait_for_lock: std::time::Duration::ZERO,
         }
     }
 }
@@ -135,6 +152,8 @@ pub enum StreamStatus {
     /// Committed, with windows quarantined.
     Quarantined,
     Failed(String),
+    /// Stopped early by a signal or a lost lease; what it committed stays.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +180,11 @@ pub struct StreamReport {
     pub malformed_lines: u64,
     pub commits: u64,
     pub cursor: Option<DateTime<Utc>>,
+    /// How far behind the end of the run the data is: seconds from the cursor to then.
+    pub behind_seconds: Option<i64>,
+    /// This stream's requests answered 429, and the seconds waited after them.
+    pub rate_limited: u64,
+    pub rate_limit_wait_seconds: f64,
     pub quarantined: Vec<QuarantineReport>,
     pub seconds: f64,
 }
@@ -176,6 +200,11 @@ pub struct RunReport {
     pub retries: u64,
     pub rate_limited: u64,
     pub backoff_seconds: f64,
+    pub rate_limit_wait_seconds: f64,
+    /// Stopped early by Ctrl-C or SIGTERM.
+    pub interrupted: bool,
+    /// Another run took the lake's lease over during this one (see [`crate::lock`]).
+    pub lease_lost: bool,
 }
 
 impl RunReport {
@@ -210,6 +239,8 @@ struct Run {
     run_id: String,
     opts: SyncOptions,
     extracted_at: i64,
+    /// Fired by `opts.cancel` or when the lease is lost: start nothing new.
+    stop: CancellationToken,
 }
 
 impl Run {
@@ -261,8 +292,34 @@ pub async fn run(
     opts: SyncOptions,
 ) -> Result<RunReport, SyncError> {
     let started_at = Utc::now();
-    let manifest = Manifest::load(&lake).await?;
     let run_id = new_run_id(started_at);
+    let stop = opts.cancel.child_token();
+    let lock = LakeLock::acquire(
+        &lake,
+        &run_id,
+        opts.wait_for_lock,
+        &opts.cancel,
+        stop.clone(),
+    )
+    .await?;
+    let result = run_locked(lake, client, opts, run_id, started_at, stop, &lock).await;
+    let lease_lost = lock.lost();
+    lock.release().await;
+    let mut report = result?;
+    report.lease_lost = lease_lost;
+    Ok(report)
+}
+
+async fn run_locked(
+    lake: LakeStore,
+    client: ApiClient,
+    opts: SyncOptions,
+    run_id: String,
+    started_at: DateTime<Utc>,
+    stop: CancellationToken,
+    lock: &LakeLock,
+) -> Result<RunReport, SyncError> {
+    let manifest = Manifest::load(&lake).await?;
     tracing::info!(run = %run_id, dest = %lake.display, streams = opts.streams.len(), "sync started");
     let mut schemas = Vec::new();
     for s in &opts.streams {
@@ -282,6 +339,7 @@ pub async fn run(
         manifest: Mutex::new(manifest),
         run_id,
         opts,
+        stop,
     });
     let concurrency = run.opts.concurrency.max(1);
     let streams: Vec<StreamReport> = futures::stream::iter(schemas)
@@ -304,6 +362,9 @@ pub async fn run(
         retries: load(&stats.retries),
         rate_limited: load(&stats.rate_limited),
         backoff_seconds: load(&stats.backoff_ms) as f64 / 1000.0,
+        rate_limit_wait_seconds: load(&stats.rate_limit_wait_ms) as f64 / 1000.0,
+        interrupted: run.opts.cancel.is_cancelled(),
+        lease_lost: lock.lost(),
     };
     write_report(&run.lake, &report).await;
     Ok(report)
@@ -318,11 +379,11 @@ async fn write_report(lake: &LakeStore, report: &RunReport) {
     }
 }
 
-/// Delete files under the streams' folders that no manifest names and that are old enough
-/// not to belong to a run in progress (leftovers of crashed runs).
+/// Delete files under the streams' folders that no manifest names: leftovers of crashed or
+/// killed runs. The run holds the lake's lease, so no other run is writing there.
 async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'static StreamDef]) {
     let live: BTreeSet<&str> = manifest.live_paths().collect();
-    let cutoff = Utc::now() - GARBAGE_MIN_AGE;
+    remove_staging_files(lake, streams);
     for s in streams {
         let prefix = lake.path(s.name);
         let Ok(objects) = lake.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
@@ -330,9 +391,36 @@ async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'stat
         };
         for o in objects {
             let relative = lake.relative(&o.location);
-            if !live.contains(relative.as_str()) && o.last_modified < cutoff {
+            if !live.contains(relative.as_str()) {
                 tracing::info!(path = %relative, "removing a file no commit names");
                 let _ = lake.store.delete(&o.location).await;
+            }
+        }
+    }
+}
+
+/// Delete the staging files (`<name>#<digits>`) of uploads a killed run left in a local
+/// lake's stream folders: the object store does not list them, so nothing else would.
+fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef]) {
+    let Some(root) = lake.local_dir() else {
+        return;
+    };
+    let mut dirs: Vec<std::path::PathBuf> = streams.iter().map(|s| root.join(s.name)).collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let staging = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if path.is_dir() {
+                dirs.push(path);
+            } else if staging {
+                tracing::info!(path = %path.display(), "removing an unfinished upload");
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
@@ -348,6 +436,8 @@ fn to_time(micros: i64) -> DateTime<Utc> {
 
 struct Progress {
     report: StreamReport,
+    /// The stream stopped early because the run is stopping.
+    interrupted: bool,
 }
 
 async fn run_stream(
@@ -371,9 +461,13 @@ async fn run_stream(
             malformed_lines: 0,
             commits: 0,
             cursor: None,
+            behind_seconds: None,
+            rate_limited: 0,
+            rate_limit_wait_seconds: 0.0,
             quarantined: Vec::new(),
             seconds: 0.0,
         },
+        interrupted: false,
     };
     let schema = custom_fields::typed_schema(run, stream, schema).await;
     let decoder = Arc::new(Decoder::new(
@@ -381,14 +475,17 @@ async fn run_stream(
         run.extracted_at,
         stream.data_type(),
     ));
+    let (client, api_stats) = run.client.scoped();
     let ctx = StreamCtx {
         run,
+        client,
         stream,
         decoder,
         schema,
         namer: FileNamer::new(&run.run_id),
     };
     let result = match (stream.layout, mode) {
+        _ if ctx.stopping(&mut p) => Ok(()),
         _ if stream.source == Source::UserEvents => ctx.user_events(mode, &mut p).await,
         (Layout::Dated, SyncMode::Incremental) => ctx.incremental(false, &mut p).await,
         (Layout::Dated, SyncMode::IncrementalDeduped) if !stream.primary_key.is_empty() => {
@@ -417,16 +514,28 @@ async fn run_stream(
     if let Err(e) = result {
         tracing::error!(stream = stream.name, error = %e, "stream failed");
         p.report.status = StreamStatus::Failed(e);
+    } else if p.interrupted {
+        p.report.status = StreamStatus::Interrupted;
     } else if !p.report.quarantined.is_empty() {
         p.report.status = StreamStatus::Quarantined;
     }
     p.report.seconds = t0.elapsed().as_secs_f64();
+    let cursor = match p.report.cursor {
+        Some(c) => Some(c),
+        None => ctx.state().await.and_then(|s| s.cursor),
+    };
+    p.report.behind_seconds = cursor.map(|c| (Utc::now() - c).num_seconds());
+    p.report.rate_limited = api_stats.rate_limited.load(Ordering::Relaxed);
+    p.report.rate_limit_wait_seconds =
+        api_stats.rate_limit_wait_ms.load(Ordering::Relaxed) as f64 / 1000.0;
     tracing::info!(stream = stream.name, rows = p.report.rows, files = p.report.files, status = ?p.report.status, "stream done");
     p.report
 }
 
 struct StreamCtx<'r> {
     run: &'r Run,
+    /// The run's client, counting this stream's share of requests and waits.
+    client: ApiClient,
     stream: &'static StreamDef,
     decoder: Arc<Decoder>,
     schema: Arc<StreamSchema>,
@@ -436,6 +545,21 @@ struct StreamCtx<'r> {
 impl StreamCtx<'_> {
     fn opts(&self) -> &SyncOptions {
         &self.run.opts
+    }
+
+    /// Whether to start nothing new (Ctrl-C, SIGTERM or a lost lease); marks the stream
+    /// interrupted.
+    fn stopping(&self, p: &mut Progress) -> bool {
+        if self.run.stop.is_cancelled() {
+            if !p.interrupted {
+                tracing::warn!(
+                    stream = self.stream.name,
+                    "stopping early: the run was interrupted or lost its lease"
+                );
+            }
+            p.interrupted = true;
+        }
+        p.interrupted
     }
 
     fn writer(
@@ -483,11 +607,7 @@ impl StreamCtx<'_> {
 
     /// The end of this run's reading: the earlier of `--end-date` and `now - lag`.
     fn end(&self) -> i64 {
-        let cap = self.opts().now - self.opts().lag;
-        self.opts()
-            .end
-            .map_or(cap, |e| e.min(cap))
-            .timestamp_micros()
+        plan::read_end(self.opts())
     }
 
     async fn state(&self) -> Option<StreamState> {

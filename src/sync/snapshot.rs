@@ -17,7 +17,7 @@ impl StreamCtx<'_> {
         }
         let dir = self.dir(mode);
         let writer = self.writer(&dir, Partitioning::Fixed(String::new()), None);
-        let client = self.run.client.clone();
+        let client = self.client.clone();
         let body = match self.stream.source {
             Source::CampaignMetrics => metrics::body(client, self.opts().start, self.opts().now),
             source => rest::body(client, source),
@@ -53,12 +53,16 @@ impl StreamCtx<'_> {
     /// quarantined (its previous members stay live) while the others land.
     async fn per_list(&self, mode: SyncMode, p: &mut Progress) -> Result<(), String> {
         let dir = self.dir(mode);
-        let client = &self.run.client;
+        let client = &self.client;
         let ids = rest::list_ids(client).await.map_err(|e| e.to_string())?;
         let mut files = Vec::new();
         let mut done = BTreeSet::new();
         let mut failed = Vec::new();
         for id in &ids {
+            if self.stopping(p) {
+                self.run.delete_files(&files).await;
+                return Ok(());
+            }
             let folder = format!("list_id={id}");
             let writer = self.writer(&dir, Partitioning::Fixed(folder.clone()), None);
             p.report.windows += 1;

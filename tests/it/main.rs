@@ -3,6 +3,7 @@
 //! that need them (and fails them when `CI=true`).
 
 mod cli;
+mod cli_lock;
 mod cli_ops;
 mod export_sync;
 mod fake_export;

@@ -1,0 +1,316 @@
+//! What a run reads, decided before any request: for dated streams, where the read starts and
+//! ends, which quarantined windows are retried and how the first units are cut; for snapshot
+//! streams, the endpoint. Pure functions of the options and the manifest, used by the sync
+//! itself (`dated`) and by `sync --dry-run` ([`describe`]).
+
+use super::{MICROS_PER_DAY, SyncOptions, floor_day, to_time};
+use crate::catalog::{Layout, StreamDef, SyncMode};
+use crate::manifest::Manifest;
+use crate::source::export::Window;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no cursor yet: give --start-date for the first sync")]
+    NoCursor,
+    #[error("a full refresh needs --start-date")]
+    FullRefreshNoStart,
+}
+
+/// The end of a run's reading: the earlier of `--end-date` and `now - lag`, in µs.
+pub fn read_end(opts: &SyncOptions) -> i64 {
+    let cap = opts.now - opts.lag;
+    opts.end.map_or(cap, |e| e.min(cap)).timestamp_micros()
+}
+
+/// An incremental read of a dated stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incremental {
+    /// The stream's cursor in the manifest, µs.
+    pub cursor: Option<i64>,
+    /// Where the sweep starts: the start of the UTC day of the cursor minus the lookback
+    /// days, or of `--start-date` for a stream with no cursor.
+    pub start: i64,
+    pub end: i64,
+    /// Quarantined windows before `start`, retried first (the sweep covers the others).
+    pub retries: Vec<Window>,
+    /// Whether there is new data to read: the cursor is before `end` and `start < end`.
+    pub sweep: bool,
+}
+
+impl Incremental {
+    pub fn up_to_date(&self) -> bool {
+        self.retries.is_empty() && !self.sweep
+    }
+
+    /// The sweep's unit after `next`, `days` long and capped at `end`.
+    pub fn unit(&self, next: i64, days: i64) -> Option<Window> {
+        (self.sweep && next < self.end).then(|| Window {
+            start: next,
+            end: (next + days.max(1) * MICROS_PER_DAY).min(self.end),
+        })
+    }
+}
+
+/// Plan an incremental read from the stream's cursor and quarantined windows.
+pub fn incremental(
+    cursor: Option<i64>,
+    start_date: Option<i64>,
+    end: i64,
+    lookback_days: i64,
+    quarantined: &[Window],
+) -> Result<Incremental, PlanError> {
+    let start = match (cursor, start_date) {
+        (Some(c), _) => floor_day(c) - lookback_days * MICROS_PER_DAY,
+        (None, Some(s)) => floor_day(s),
+        (None, None) => return Err(PlanError::NoCursor),
+    };
+    let retries = quarantined
+        .iter()
+        .copied()
+        .filter(|w| w.end <= start)
+        .collect();
+    let sweep = cursor.is_none_or(|c| c < end) && start < end;
+    Ok(Incremental {
+        cursor,
+        start,
+        end,
+        retries,
+        sweep,
+    })
+}
+
+/// The windows of a full refresh: `days`-long units from the start of `--start-date`'s day
+/// to `end` (full refreshes do not adapt their unit size).
+pub fn full_refresh(
+    start_date: Option<i64>,
+    end: i64,
+    days: i64,
+) -> Result<Vec<Window>, PlanError> {
+    let start = floor_day(start_date.ok_or(PlanError::FullRefreshNoStart)?);
+    let step = days.max(1) * MICROS_PER_DAY;
+    let mut units = Vec::new();
+    let mut next = start;
+    while next < end {
+        let unit = Window {
+            start: next,
+            end: (next + step).min(end),
+        };
+        next = unit.end;
+        units.push(unit);
+    }
+    Ok(units)
+}
+
+fn time(micros: i64) -> String {
+    to_time(micros).to_rfc3339()
+}
+
+fn days(w: &Window) -> f64 {
+    (w.end - w.start) as f64 / MICROS_PER_DAY as f64
+}
+
+/// The dry run: per stream, what a sync with `opts` would read from a lake in `manifest`'s
+/// state. Makes no request and writes nothing.
+pub fn describe(opts: &SyncOptions, manifest: &Manifest) -> String {
+    let end = read_end(opts);
+    let start_date = opts.start.map(|s| s.timestamp_micros());
+    let mut out = format!(
+        "dry run: nothing is requested or written. Reading ends at {} (the earlier of --end-date and now - lag).\n",
+        time(end)
+    );
+    for s in &opts.streams {
+        let mode = opts.mode.unwrap_or(s.default_mode);
+        out += &match (s.layout, mode) {
+            (Layout::Dated, SyncMode::Incremental) => {
+                describe_incremental(opts, s, manifest, start_date, end)
+            }
+            (Layout::Dated, mode) => {
+                match full_refresh(start_date, end, opts.window.initial_days) {
+                    Ok(units) => {
+                        let mut text = format!(
+                            "{}: {mode}, {} window(s) of {} day(s), replacing the stream at the end\n",
+                            s.name,
+                            units.len(),
+                            opts.window.initial_days.max(1)
+                        );
+                        for w in &units {
+                            text += &format!("  window {w}\n");
+                        }
+                        text
+                    }
+                    Err(e) => format!("{}: {mode}: would fail: {e}\n", s.name),
+                }
+            }
+            (_, mode) => {
+                let mode = if mode == SyncMode::Incremental {
+                    s.default_mode
+                } else {
+                    mode
+                };
+                format!(
+                    "{}: {mode} snapshot, one read of {}\n",
+                    s.name,
+                    crate::streams::info(s).endpoint
+                )
+            }
+        };
+    }
+    out
+}
+
+fn describe_incremental(
+    opts: &SyncOptions,
+    s: &StreamDef,
+    manifest: &Manifest,
+    start_date: Option<i64>,
+    end: i64,
+) -> String {
+    let state = manifest.streams.get(s.name);
+    let cursor = state.and_then(|st| st.cursor).map(|c| c.timestamp_micros());
+    let quarantined: Vec<Window> = state
+        .iter()
+        .flat_map(|st| st.quarantine.iter())
+        .map(|q| Window {
+            start: q.start.timestamp_micros(),
+            end: q.end.timestamp_micros(),
+        })
+        .collect();
+    let plan = match incremental(cursor, start_date, end, opts.lookback_days, &quarantined) {
+        Ok(p) => p,
+        Err(e) => return format!("{}: incremental: would fail: {e}\n", s.name),
+    };
+    let from = match cursor {
+        Some(c) => format!(
+            "cursor {} minus {} lookback day(s)",
+            time(c),
+            opts.lookback_days
+        ),
+        None => "--start-date (no cursor yet)".to_string(),
+    };
+    let mut text = if plan.up_to_date() {
+        format!(
+            "{}: incremental, up to date (cursor {})\n",
+            s.name,
+            cursor.map_or_else(|| "-".to_string(), time)
+        )
+    } else {
+        format!(
+            "{}: incremental from {} ({from}) to {}\n",
+            s.name,
+            time(plan.start),
+            time(plan.end)
+        )
+    };
+    for w in &plan.retries {
+        text += &format!("  retry quarantined window {w}\n");
+    }
+    if let Some(first) = plan.unit(plan.start, opts.window.initial_days) {
+        let remaining = plan.end - first.end;
+        text += &format!(
+            "  first unit {first} ({:.2} day(s)), one export request per unit; later units are sized at run time from the rows per day seen (up to {} days){}\n",
+            days(&first),
+            opts.window.max_days,
+            if remaining > 0 {
+                format!(
+                    ", {:.2} day(s) after it",
+                    remaining as f64 / MICROS_PER_DAY as f64
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn t(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn a_fresh_stream_starts_at_the_start_date_day() {
+        let p = incremental(
+            None,
+            Some(t("2024-01-01T05:00:00Z")),
+            t("2024-01-04T00:00:00Z"),
+            1,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.start, t("2024-01-01T00:00:00Z"));
+        assert!(p.sweep && !p.up_to_date());
+        assert_eq!(
+            p.unit(p.start, 7),
+            Some(Window {
+                start: t("2024-01-01T00:00:00Z"),
+                end: t("2024-01-04T00:00:00Z")
+            })
+        );
+        assert_eq!(
+            incremental(None, None, t("2024-01-04T00:00:00Z"), 1, &[]),
+            Err(PlanError::NoCursor)
+        );
+    }
+
+    #[test]
+    fn a_cursor_is_read_again_from_the_day_before() {
+        let q_old = Window {
+            start: t("2023-12-01T00:00:00Z"),
+            end: t("2023-12-02T00:00:00Z"),
+        };
+        let q_inside = Window {
+            start: t("2024-01-03T00:00:00Z"),
+            end: t("2024-01-04T00:00:00Z"),
+        };
+        let p = incremental(
+            Some(t("2024-01-03T12:00:00Z")),
+            Some(t("2023-01-01T00:00:00Z")),
+            t("2024-01-05T00:00:00Z"),
+            1,
+            &[q_old, q_inside],
+        )
+        .unwrap();
+        assert_eq!(p.start, t("2024-01-02T00:00:00Z"));
+        assert_eq!(p.retries, [q_old]);
+        assert_eq!(p.unit(p.start, 1).unwrap().end, t("2024-01-03T00:00:00Z"));
+        assert_eq!(p.unit(p.end, 1), None);
+    }
+
+    #[test]
+    fn a_cursor_at_the_end_is_up_to_date_unless_windows_are_quarantined() {
+        let end = t("2024-01-04T00:00:00Z");
+        let p = incremental(Some(end), None, end, 1, &[]).unwrap();
+        assert!(p.up_to_date());
+        let q = Window {
+            start: t("2023-12-01T00:00:00Z"),
+            end: t("2023-12-02T00:00:00Z"),
+        };
+        let p = incremental(Some(end), None, end, 1, &[q]).unwrap();
+        assert!(!p.up_to_date() && !p.sweep);
+    }
+
+    #[test]
+    fn full_refreshes_cut_fixed_windows() {
+        let w = full_refresh(
+            Some(t("2024-01-01T10:00:00Z")),
+            t("2024-01-03T12:00:00Z"),
+            1,
+        )
+        .unwrap();
+        let ends: Vec<i64> = w.iter().map(|w| w.end).collect();
+        assert_eq!(
+            ends,
+            [
+                t("2024-01-02T00:00:00Z"),
+                t("2024-01-03T00:00:00Z"),
+                t("2024-01-03T12:00:00Z")
+            ]
+        );
+        assert_eq!(full_refresh(None, 0, 1), Err(PlanError::FullRefreshNoStart));
+    }
+}

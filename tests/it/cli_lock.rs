@@ -1,0 +1,508 @@
+//! End-to-end tests of running operations: two syncs of one lake (the lake's lock), a stale
+//! lock and a killed run's leftovers, Ctrl-C mid-run, and `--dry-run`, each running the real
+//! binary against the fake API.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use iterable_lake::catalog;
+use iterable_lake::fake::{FakeConfig, FakeIterable, Faults};
+use iterable_lake::manifest::Manifest;
+use iterable_lake::sink::LakeStore;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iterable-lake");
+const START: &str = "2024-01-01T00:00:00Z";
+const END: &str = "2024-01-04T00:00:00Z";
+
+/// A fake with a few days of data, no rate limit, every response delayed by `latency_ms`.
+async fn fake(seed: u64, latency_ms: u64) -> FakeIterable {
+    let mut cfg = FakeConfig::small(seed);
+    cfg.faults = Faults {
+        export_rate: None,
+        latency: Some(Duration::from_millis(latency_ms)),
+        ..Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(END.parse().unwrap());
+    fake
+}
+
+/// `sync` of every stream into `dest` from `fake`, reading through `end`, then `extra`.
+fn sync_args(fake: &FakeIterable, dest: &Path, end: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "sync",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--base-url",
+        &fake.base_url(),
+        "--start-date",
+        "2024-01-01",
+        "--end-date",
+        end,
+        "--export-requests-per-minute",
+        "100000",
+        "--list-users-requests-per-minute",
+        "100000",
+        "--lag",
+        "0",
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn command(fake: &FakeIterable, args: &[String]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env("ITERABLE_API_KEY", &fake.config().api_key)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Run to the end, off the async runtime so the in-process fake keeps serving.
+async fn run(fake: &FakeIterable, args: Vec<String>) -> Output {
+    let mut cmd = command(fake, &args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn spawn(fake: &FakeIterable, args: &[String]) -> Child {
+    command(fake, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_output(child: Child) -> Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for p in entries.map(|e| e.unwrap().path()) {
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The leases in the lake's `_lock` folder.
+fn leases(lake: &Path) -> Vec<Value> {
+    files_in(&lake.join("_lock"))
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// Poll `cond` every 20 ms for up to a minute, off the runtime.
+async fn wait_until(cond: impl Fn() -> bool + Send + 'static) {
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn commits(lake: &Path) -> usize {
+    files_in(&lake.join("_manifest")).len()
+}
+
+async fn manifest(lake: &Path) -> Manifest {
+    Manifest::load(&LakeStore::open(lake.to_str().unwrap()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Every file under the lake's stream folders is one the manifest names.
+fn assert_only_live_files(lake: &Path, manifest: &Manifest) {
+    let live: BTreeSet<&str> = manifest.live_paths().collect();
+    let mut seen = 0;
+    for p in files_in(lake) {
+        let rel = p.strip_prefix(lake).unwrap().to_str().unwrap().to_string();
+        if rel.starts_with("_manifest/") || rel.starts_with("_runs/") {
+            continue;
+        }
+        assert!(live.contains(rel.as_str()), "{rel} is named by no manifest");
+        seen += 1;
+    }
+    assert_eq!(seen, live.len(), "every live file is on disk");
+}
+
+/// Each export stream's live rows equal what the fake holds before its cursor.
+fn assert_exact(fake: &FakeIterable, manifest: &Manifest, all: bool) {
+    let mut checked = 0;
+    for s in catalog::export_streams() {
+        let Some(state) = manifest.streams.get(s.name) else {
+            assert!(!all, "{} was not synced", s.name);
+            continue;
+        };
+        let cursor = state.cursor.expect("a committed stream has a cursor");
+        let want: u64 = fake
+            .truth_counts(s.data_type(), START.parse().unwrap(), cursor)
+            .values()
+            .sum();
+        assert_eq!(state.rows(), want, "{}", s.name);
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// The report whose id the summary names.
+fn report(lake: &Path, o: &Output) -> Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.split(':').next())
+        .unwrap_or_else(|| panic!("no run line: {}", text(o)));
+    serde_json::from_slice(&std::fs::read(lake.join("_runs").join(format!("{id}.json"))).unwrap())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sync_fails_at_once_naming_the_first_or_waits_for_it() {
+    let fake = fake(31, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let first = spawn(&fake, &sync_args(&fake, &lake, END, &[]));
+    let l = lake.clone();
+    wait_until(move || commits(&l) >= 1).await;
+    let held = leases(&lake);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let holder = held[0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(held[0]["pid"].as_u64(), Some(u64::from(first.id())));
+
+    let t0 = Instant::now();
+    let second = run(&fake, sync_args(&fake, &lake, END, &[])).await;
+    assert_eq!(second.status.code(), Some(75), "{}", text(&second));
+    let msg = text(&second);
+    assert!(
+        msg.contains(&format!("locked by run {holder} on host ")) && msg.contains("started 2"),
+        "{msg}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "it failed at once");
+    let reset = run(
+        &fake,
+        [
+            "state",
+            "--dest",
+            lake.to_str().unwrap(),
+            "reset",
+            "email_send",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(reset.status.code(), Some(75), "{}", text(&reset));
+    assert!(text(&reset).contains(&format!("locked by run {holder}")));
+
+    let third = run(
+        &fake,
+        sync_args(&fake, &lake, END, &["--wait-for-lock", "2m"]),
+    )
+    .await;
+    let first = wait_output(first).await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    let first_done = time(&report(&lake, &first)["finished_at"]);
+    let third_logs = String::from_utf8_lossy(&third.stderr).into_owned();
+    assert!(
+        third_logs.contains("another run holds the lake; waiting for it"),
+        "{third_logs}"
+    );
+    let held_at = third_logs
+        .lines()
+        .filter(|l| l.contains("holding the lake's lease"))
+        .map(|l| time(&serde_json::from_str::<Value>(l).unwrap()["timestamp"]))
+        .next()
+        .expect("the waiting run took the lease");
+    assert!(
+        held_at >= first_done,
+        "the waiting run went on after the first finished"
+    );
+    let m = manifest(&lake).await;
+    assert_exact(&fake, &m, true);
+    assert_only_live_files(&lake, &m);
+    assert!(leases(&lake).is_empty(), "the lock is released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_lock_or_a_killed_run_does_not_block_the_lake_and_its_leftovers_go() {
+    let fake = fake(32, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+
+    // A lease of a run on another host that stopped renewing it long ago.
+    std::fs::create_dir_all(lake.join("_lock")).unwrap();
+    let stale = serde_json::json!({
+        "run_id": "20200101T000000Z-abcdef", "host": "gone-host", "pid": 1,
+        "started_at": "2020-01-01T00:00:00Z", "renewed_at": "2020-01-01T00:00:00Z",
+        "expires_at": "2020-01-01T00:05:00Z"
+    });
+    std::fs::write(
+        lake.join("_lock/lease-00000000000000000004.json"),
+        stale.to_string(),
+    )
+    .unwrap();
+    let mut killed = spawn(&fake, &sync_args(&fake, &lake, END, &[]));
+    let l = lake.clone();
+    wait_until(move || commits(&l) >= 3).await;
+    assert_eq!(leases(&lake).len(), 1, "the stale lease was taken over");
+    Command::new("kill")
+        .args(["-9", &killed.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || killed.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(leases(&lake).len(), 1, "a killed run leaves its lease");
+    // A file of the killed run that no manifest names, written just now.
+    let m = manifest(&lake).await;
+    assert!(m.streams.len() < catalog::STREAMS.len(), "killed mid-run");
+    let leftover = lake.join("email_send/date=2024-01-02/part-killed-0.parquet");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::write(&leftover, b"PAR1 half a file").unwrap();
+    let staging = lake.join("users/date=2024-01-02/part-killed-1.parquet#3");
+    std::fs::create_dir_all(staging.parent().unwrap()).unwrap();
+    std::fs::write(&staging, b"half an upload").unwrap();
+
+    let again = run(&fake, sync_args(&fake, &lake, END, &[])).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(!leftover.exists() && !staging.exists());
+    let m = manifest(&lake).await;
+    assert_exact(&fake, &m, true);
+    assert_only_live_files(&lake, &m);
+    assert!(leases(&lake).is_empty(), "the lock is released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_after_the_units_in_flight_and_reports() {
+    let fake = fake(33, 150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let child = spawn(
+        &fake,
+        &sync_args(&fake, &lake, END, &["--concurrency", "2"]),
+    );
+    let l = lake.clone();
+    wait_until(move || commits(&l) >= 2).await;
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait_output(child).await;
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        text(&out).contains("interrupted: finishing"),
+        "{}",
+        text(&out)
+    );
+    let r = report(&lake, &out);
+    assert_eq!(r["interrupted"], true);
+    let statuses: Vec<&str> = r["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"interrupted"), "{statuses:?}");
+    assert!(statuses.contains(&"succeeded"), "{statuses:?}");
+    assert!(
+        !statuses.iter().any(|s| s.starts_with("failed")),
+        "{statuses:?}"
+    );
+    let m = manifest(&lake).await;
+    assert!(m.streams.len() < catalog::STREAMS.len(), "stopped early");
+    assert_exact(&fake, &m, false);
+    assert_only_live_files(&lake, &m);
+    assert!(leases(&lake).is_empty(), "the lock is released");
+    for s in r["streams"].as_array().unwrap() {
+        if s["status"] == "succeeded" && s["cursor"].is_string() {
+            assert!(s["behind_seconds"].as_i64().unwrap() > 0, "{s}");
+        }
+    }
+    let state = run(
+        &fake,
+        vec![
+            "state".into(),
+            "--dest".into(),
+            lake.to_str().unwrap().into(),
+        ],
+    )
+    .await;
+    assert_eq!(state.status.code(), Some(0), "{}", text(&state));
+    let shown = String::from_utf8_lossy(&state.stdout).into_owned();
+    let run_id = r["run_id"].as_str().unwrap();
+    assert!(
+        shown.contains(&format!("last run {run_id}: ")) && shown.contains(", interrupted;"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("email_send") && l.contains("succeeded") && l.contains('d')),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_each_streams_429s_and_waits() {
+    let mut cfg = FakeConfig::small(35);
+    cfg.faults = Faults {
+        export_rate: Some((1, Duration::from_millis(500))),
+        retry_after: true,
+        ..Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(END.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let out = run(
+        &fake,
+        sync_args(
+            &fake,
+            &lake,
+            END,
+            &[
+                "--streams",
+                "email_send,email_open,email_click",
+                "--concurrency",
+                "3",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&lake, &out);
+    let streams = r["streams"].as_array().unwrap();
+    let per_stream: u64 = streams
+        .iter()
+        .map(|s| s["rate_limited"].as_u64().unwrap())
+        .sum();
+    assert!(per_stream > 0, "{r}");
+    assert_eq!(per_stream, r["rate_limited"].as_u64().unwrap());
+    assert_eq!(per_stream, fake.rate_limited());
+    let waited: f64 = streams
+        .iter()
+        .map(|s| s["rate_limit_wait_seconds"].as_f64().unwrap())
+        .sum();
+    assert!(waited > 0.0, "{r}");
+    assert!((waited - r["rate_limit_wait_seconds"].as_f64().unwrap()).abs() < 0.01);
+    assert_exact(&fake, &manifest(&lake).await, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_the_windows_and_touches_neither_the_api_nor_the_lake() {
+    let fake = fake(34, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let streams = ["--streams", "email_send,users,lists"];
+    let dry = |end: &str| {
+        let mut extra = streams.to_vec();
+        extra.push("--dry-run");
+        sync_args(&fake, &lake, end, &extra)
+    };
+
+    let fresh = run(&fake, dry(END)).await;
+    assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh));
+    let out = String::from_utf8_lossy(&fresh.stdout).into_owned();
+    assert!(
+        out.contains("email_send: incremental from 2024-01-01T00:00:00+00:00 (--start-date (no cursor yet)) to 2024-01-04T00:00:00+00:00"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  first unit [2024-01-01 00:00:00, 2024-01-04 00:00:00) (3.00 day(s))"),
+        "{out}"
+    );
+    assert!(out.contains("sized at run time"), "{out}");
+    assert!(
+        out.contains("lists: full-refresh-overwrite snapshot, one read of GET /api/lists"),
+        "{out}"
+    );
+    assert!(fake.requests("/api") == 0, "no request");
+    assert!(!lake.exists(), "a dry run does not create the lake");
+
+    let real = run(
+        &fake,
+        sync_args(&fake, &lake, "2024-01-03T00:00:00Z", &streams),
+    )
+    .await;
+    assert_eq!(real.status.code(), Some(0), "{}", text(&real));
+    let requests = fake.requests("/api");
+    assert!(fake.requests("/api/export/data.json") > 0);
+    let before: Vec<(PathBuf, u64)> = files_in(&lake)
+        .into_iter()
+        .map(|p| {
+            let len = p.metadata().unwrap().len();
+            (p, len)
+        })
+        .collect();
+
+    let with_cursor = run(&fake, dry(END)).await;
+    assert_eq!(with_cursor.status.code(), Some(0), "{}", text(&with_cursor));
+    let out = String::from_utf8_lossy(&with_cursor.stdout).into_owned();
+    assert!(
+        out.contains("email_send: incremental from 2024-01-02T00:00:00+00:00 (cursor 2024-01-03T00:00:00+00:00 minus 1 lookback day(s)) to 2024-01-04T00:00:00+00:00"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  first unit [2024-01-02 00:00:00, 2024-01-04 00:00:00) (2.00 day(s))"),
+        "{out}"
+    );
+    assert_eq!(fake.requests("/api"), requests, "no request");
+    let after: Vec<(PathBuf, u64)> = files_in(&lake)
+        .into_iter()
+        .map(|p| {
+            let len = p.metadata().unwrap().len();
+            (p, len)
+        })
+        .collect();
+    assert_eq!(before, after, "nothing written");
+
+    let up_to_date = run(&fake, dry("2024-01-03T00:00:00Z")).await;
+    let out = String::from_utf8_lossy(&up_to_date.stdout).into_owned();
+    assert!(
+        out.contains("email_send: incremental, up to date (cursor 2024-01-03T00:00:00+00:00)"),
+        "{out}"
+    );
+    assert_eq!(fake.requests("/api"), requests, "no request");
+}
