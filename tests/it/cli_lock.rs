@@ -46,6 +46,8 @@ fn sync_args(fake: &FakeIterable, dest: &Path, end: &str, extra: &[&str]) -> Vec
         "100000",
         "--list-users-requests-per-minute",
         "100000",
+        "--metrics-requests-per-minute",
+        "100000",
         "--lag",
         "0",
         "--log-format",
@@ -170,7 +172,13 @@ fn assert_exact(fake: &FakeIterable, manifest: &Manifest, all: bool) {
             assert!(!all, "{} was not synced", s.name);
             continue;
         };
-        let cursor = state.cursor.expect("a committed stream has a cursor");
+        // A stream can be in the manifest before its first unit commits (users records its
+        // custom fields first): then it holds no rows yet.
+        let Some(cursor) = state.cursor else {
+            assert!(!all, "{} was not synced", s.name);
+            assert_eq!(state.rows(), 0, "{} has rows but no cursor", s.name);
+            continue;
+        };
         let want: u64 = fake
             .truth_counts(s.data_type(), START.parse().unwrap(), cursor)
             .values()

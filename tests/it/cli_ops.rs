@@ -390,6 +390,8 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
         "100000",
         "--list-users-requests-per-minute",
         "100000",
+        "--metrics-requests-per-minute",
+        "100000",
     ];
     let first = run(&sync_args, &[]).await;
     assert_code(&first, 0);
@@ -578,6 +580,8 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
             "100000",
             "--list-users-requests-per-minute",
             "100000",
+            "--metrics-requests-per-minute",
+            "100000",
         ],
         &[],
     )
@@ -631,6 +635,8 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
             "--export-requests-per-minute",
             "100000",
             "--list-users-requests-per-minute",
+            "100000",
+            "--metrics-requests-per-minute",
             "100000",
         ],
         &[],
@@ -758,6 +764,8 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
                     "100000",
                     "--list-users-requests-per-minute",
                     "100000",
+                    "--metrics-requests-per-minute",
+                    "100000",
                     "--log-format",
                     format,
                 ],
@@ -784,6 +792,8 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
                 "--export-requests-per-minute",
                 "100000",
                 "--list-users-requests-per-minute",
+                "100000",
+                "--metrics-requests-per-minute",
                 "100000",
             ],
             &[("RUST_LOG", "debug")],
@@ -844,6 +854,8 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
             "--export-requests-per-minute",
             "100000",
             "--list-users-requests-per-minute",
+            "100000",
+            "--metrics-requests-per-minute",
             "100000",
         ]
         .iter()
