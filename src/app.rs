@@ -312,11 +312,12 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// The run's summary: one line per stream, whether it committed anything, and the totals.
+/// The run's summary: one line per stream (rows, files, bytes, seconds, windows retried,
+/// cursor, whether it committed anything, status with quarantined windows), and the totals.
 pub fn summary(report: &RunReport) -> String {
     let mut out = format!(
-        "{:<28} {:>10} {:>6} {:>12} {:<26} {:<9} status\n",
-        "stream", "rows", "files", "bytes", "cursor", "committed"
+        "{:<28} {:>10} {:>6} {:>12} {:>8} {:>7} {:<26} {:<9} status\n",
+        "stream", "rows", "files", "bytes", "secs", "retried", "cursor", "committed"
     );
     for s in &report.streams {
         let status = match &s.status {
@@ -328,11 +329,13 @@ pub fn summary(report: &RunReport) -> String {
         };
         let cursor = s.cursor.map(|c| c.to_rfc3339()).unwrap_or_default();
         out += &format!(
-            "{:<28} {:>10} {:>6} {:>12} {:<26} {:<9} {status}\n",
+            "{:<28} {:>10} {:>6} {:>12} {:>8.1} {:>7} {:<26} {:<9} {status}\n",
             s.stream,
             s.rows,
             s.files,
             s.bytes,
+            s.seconds,
+            s.window_retries,
             cursor,
             yes_no(s.commits > 0)
         );
