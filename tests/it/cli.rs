@@ -281,3 +281,27 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
         assert_eq!(state.rows(), want, "{}", s.name);
     }
 }
+
+#[test]
+fn demo_builds_a_lake_duckdb_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("demo-lake");
+    let o = run(&["demo", "--dest", dest.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Query it with DuckDB:"), "{out}");
+    assert!(out.contains("email_send"), "{out}");
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM read_parquet('{0}/email_send/**/*.parquet', hive_partitioning=true)) AS events, \
+                (SELECT count(DISTINCT date) FROM read_parquet('{0}/email_send/**/*.parquet', hive_partitioning=true)) AS days, \
+                (SELECT count(*) FROM read_parquet('{0}/campaigns/*.parquet')) AS campaigns",
+        dest.display()
+    );
+    let Some(result) = crate::support::duckdb(&sql) else {
+        return;
+    };
+    let row = &result.rows[0];
+    assert!(row[0].as_u64().unwrap() > 100, "{row:?}");
+    assert_eq!(row[1].as_u64().unwrap(), 3, "three days of data: {row:?}");
+    assert!(row[2].as_u64().unwrap() > 1000, "{row:?}");
+}
