@@ -34,6 +34,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::generate::{Generator, Shape};
+use super::params::Params;
 use super::{State, api_error};
 
 const DAY_MS: i64 = 86_400_000;
@@ -79,33 +80,6 @@ pub(super) enum ParamError {
 impl IntoResponse for ParamError {
     fn into_response(self) -> Response {
         api_error(StatusCode::BAD_REQUEST, "BadParams", self)
-    }
-}
-
-/// The decoded query string, keeping repeated names.
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn parse(raw: Option<&str>) -> Params {
-        Params(
-            url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
-    }
-
-    fn one(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -16,6 +16,7 @@
 mod export;
 mod generate;
 mod jobs;
+mod params;
 pub mod people;
 mod rest;
 

@@ -31,6 +31,7 @@ use axum::routing::get;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use super::params::Params;
 use super::{FakeConfig, State, api_error};
 
 pub(super) fn routes() -> Router<Arc<State>> {
@@ -89,33 +90,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The decoded query string, keeping repeated names (`campaignId=1&campaignId=2`).
-struct Params(Vec<(String, String)>);
-
 impl Params {
-    fn parse(raw: Option<&str>) -> Params {
-        Params(
-            url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
-    }
-
-    /// The first value of `name`, if any.
-    fn one(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The first value of `name` parsed as `T`; 400 when it does not parse.
     fn parsed<T: FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         self.one(name)
