@@ -13,7 +13,8 @@ use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_iterable-lake");
+use crate::bin::{BIN, run_report, text};
+
 const START: &str = "2024-01-01T00:00:00Z";
 const END: &str = "2024-01-04T00:00:00Z";
 
@@ -89,14 +90,6 @@ async fn wait_output(child: Child) -> Output {
     tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -193,17 +186,6 @@ fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
 
-/// The report whose id the summary names.
-fn report(lake: &Path, o: &Output) -> Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("run ")?.split(':').next())
-        .unwrap_or_else(|| panic!("no run line: {}", text(o)));
-    serde_json::from_slice(&std::fs::read(lake.join("_runs").join(format!("{id}.json"))).unwrap())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sync_fails_at_once_naming_the_first_or_waits_for_it() {
     let fake = fake(31, 100).await;
@@ -250,7 +232,7 @@ async fn a_second_sync_fails_at_once_naming_the_first_or_waits_for_it() {
     let first = wait_output(first).await;
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
-    let first_done = time(&report(&lake, &first)["finished_at"]);
+    let first_done = time(&run_report(&lake, &first)["finished_at"]);
     let third_logs = String::from_utf8_lossy(&third.stderr).into_owned();
     assert!(
         third_logs.contains("another run holds the lake; waiting for it"),
@@ -344,7 +326,7 @@ async fn ctrl_c_stops_after_the_units_in_flight_and_reports() {
         "{}",
         text(&out)
     );
-    let r = report(&lake, &out);
+    let r = run_report(&lake, &out);
     assert_eq!(r["interrupted"], true);
     let statuses: Vec<&str> = r["streams"]
         .as_array()
@@ -420,7 +402,7 @@ async fn the_report_counts_each_streams_429s_and_waits() {
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let r = report(&lake, &out);
+    let r = run_report(&lake, &out);
     let streams = r["streams"].as_array().unwrap();
     let per_stream: u64 = streams
         .iter()

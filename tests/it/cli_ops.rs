@@ -12,7 +12,8 @@ use iterable_lake::convert::StreamSchema;
 use iterable_lake::fake::{FakeConfig, FakeIterable, Faults};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_iterable-lake");
+use crate::bin::{BIN, assert_absent_in_tree, run_report, text};
+
 const START: &str = "2024-01-01";
 const END: &str = "2024-01-04T00:00:00Z";
 
@@ -44,14 +45,6 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn assert_code(o: &Output, code: i32) {
     assert_eq!(o.status.code(), Some(code), "{}", text(o));
 }
@@ -80,17 +73,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The report of the run whose summary `sync` printed (its last line names the file).
-fn run_report(lake: &Path, sync: &Output) -> Value {
-    let out = stdout(sync);
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("run ")?.split(':').next())
-        .unwrap_or_else(|| panic!("no run line in the summary: {out}"));
-    let path = lake.join("_runs").join(format!("{id}.json"));
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
-
 /// Per stream of a run report: (rows, files, cursor, status).
 fn outcome(report: &Value) -> BTreeMap<String, (u64, u64, String, String)> {
     report["streams"]
@@ -117,29 +99,6 @@ fn truth(fake: &FakeIterable, data_type: &str) -> u64 {
     fake.truth_counts(data_type, start.parse().unwrap(), END.parse().unwrap())
         .values()
         .sum()
-}
-
-/// Fail if `needle` occurs in any file under `dir`; returns how many files were read.
-fn assert_absent_in_tree(dir: &Path, needle: &str) -> usize {
-    let mut stack = vec![dir.to_path_buf()];
-    let mut files = 0;
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files += 1;
-                let bytes = std::fs::read(&p).unwrap();
-                assert!(
-                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                    "the key is in {}",
-                    p.display()
-                );
-            }
-        }
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

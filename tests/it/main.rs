@@ -2,6 +2,7 @@
 //! S3 server and the DuckDB tooling that `support` needs; plain `cargo test` skips the tests
 //! that need them (and fails them when `CI=true`).
 
+mod bin;
 mod cli;
 mod cli_lock;
 mod cli_ops;
