@@ -403,3 +403,21 @@ fn events_are_opt_in() {
         ["events"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_on_s3_each_event_once() {
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let fake = FakeIterable::start(FakeConfig::small(35)).await.unwrap();
+    fake.set_now(NOW.parse().unwrap());
+    let bucket = s3.new_bucket().await;
+    let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
+    let users = members(&fake);
+    let mut opts = options("events");
+    opts.events_batch_users = 100;
+    sync(&fake, &lake, opts).await;
+    assert_eq!(lake_event_ids(&lake).await, truth_event_ids(&fake, &users));
+    let state = &Manifest::load(&lake).await.unwrap().streams["events"];
+    assert_eq!(state.checkpoint, None, "the pass is complete");
+}
