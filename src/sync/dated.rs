@@ -300,26 +300,7 @@ impl StreamCtx<'_> {
                 }
             }
         }
-        self.count(&all, p);
-        let new_files = self.live(all);
-        let cursor = self
-            .run
-            .commit(self.stream, |s| {
-                s.mode = mode;
-                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
-                    .into_iter()
-                    .partition(|f| self.replaced_by(mode, f));
-                s.files = keep;
-                s.files.extend(new_files);
-                s.cursor = Some(to_time(end));
-                s.quarantine.clear();
-                old.into_iter().map(|f| f.file.path).collect()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        p.report.commits += 1;
-        p.report.cursor = cursor;
-        Ok(())
+        self.commit_refresh(mode, all, to_time(end), p).await
     }
 }
 

@@ -620,6 +620,37 @@ impl StreamCtx<'_> {
             .cloned()
     }
 
+    /// Commit a full refresh in `mode`: `files` replace the files the mode replaces, the
+    /// cursor becomes `cursor` and nothing stays quarantined.
+    async fn commit_refresh(
+        &self,
+        mode: SyncMode,
+        files: Vec<WrittenFile>,
+        cursor: DateTime<Utc>,
+        p: &mut Progress,
+    ) -> Result<(), String> {
+        self.count(&files, p);
+        let new_files = self.live(files);
+        let committed = self
+            .run
+            .commit(self.stream, |s| {
+                s.mode = mode;
+                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
+                    .into_iter()
+                    .partition(|f| self.replaced_by(mode, f));
+                s.files = keep;
+                s.files.extend(new_files);
+                s.cursor = Some(cursor);
+                s.quarantine.clear();
+                old.into_iter().map(|f| f.file.path).collect()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        p.report.commits += 1;
+        p.report.cursor = committed;
+        Ok(())
+    }
+
     fn count(&self, files: &[WrittenFile], p: &mut Progress) -> u64 {
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         p.report.rows += rows;

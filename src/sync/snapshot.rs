@@ -27,26 +27,8 @@ impl StreamCtx<'_> {
             .await
             .map_err(|e| format!("{e}; nothing was committed"))?;
         p.report.malformed_lines += fetched.malformed;
-        self.count(&fetched.files, p);
-        let new_files = self.live(fetched.files);
-        let now = self.opts().now;
-        let cursor = self
-            .run
-            .commit(self.stream, |s| {
-                s.mode = mode;
-                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
-                    .into_iter()
-                    .partition(|f| self.replaced_by(mode, f));
-                s.files = keep;
-                s.files.extend(new_files);
-                s.cursor = Some(now);
-                old.into_iter().map(|f| f.file.path).collect()
-            })
+        self.commit_refresh(mode, fetched.files, self.opts().now, p)
             .await
-            .map_err(|e| e.to_string())?;
-        p.report.commits += 1;
-        p.report.cursor = cursor;
-        Ok(())
     }
 
     /// `list_users`: one `list_id=N` folder per list. A list that keeps failing is
