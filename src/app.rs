@@ -586,6 +586,7 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
         events_per_day: args.events_per_day,
         users: args.users,
         api_key: args.api_key,
+        cache_bodies: args.cache_bodies,
         ..FakeConfig::small(args.seed)
     };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));

@@ -338,6 +338,11 @@ pub struct FakeApiArgs {
     /// The key the fake accepts.
     #[arg(long, default_value = "fake-key")]
     pub api_key: String,
+    /// Keep each export body in memory once generated and replay it for the same request
+    /// (benchmarks: the client then measures itself, not the fake's generator). Only once the
+    /// clock is past the data's last day plus 20 hours, when bodies no longer change.
+    #[arg(long)]
+    pub cache_bodies: bool,
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use chrono::NaiveDateTime;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::generate::{Generator, Shape};
+use super::generate::{Generator, Query, Shape};
 use super::params::Params;
 use super::{State, api_error};
 
@@ -224,7 +224,39 @@ async fn data_json(Shared(state): Shared<Arc<State>>, RawQuery(raw): RawQuery) -
     let canonical = state.generator.data_type(req.ty);
     let cut_off = state.take_cut_off(&req.requested, canonical);
     let query = state.query(req.ty, req.start_ms, req.end_ms, req.shape);
+    if state.cfg.cache_bodies && state.generator.settled(query.now_ms) {
+        let body = cached_body(state, query).await;
+        let chunks = futures::stream::iter(body.to_vec());
+        return ndjson_body(chunks, cut_off);
+    }
     ndjson_response(move |out| state.generator.write_body(&query, out), cut_off)
+}
+
+/// The body of a settled query, generated the first time and replayed after.
+async fn cached_body(state: Arc<State>, query: Query) -> Arc<[Bytes]> {
+    let key = format!(
+        "{} {} {} {:?}",
+        query.ty, query.start_ms, query.end_ms, query.shape
+    );
+    if let Some(body) = state.bodies.lock().expect("lock").get(&key) {
+        return body.clone();
+    }
+    let generator = state.clone();
+    let body: Arc<[Bytes]> = tokio::task::spawn_blocking(move || {
+        let mut chunks = Vec::new();
+        chunked(
+            |out| generator.generator.write_body(&query, out),
+            |chunk| {
+                chunks.push(chunk);
+                ControlFlow::Continue(())
+            },
+        );
+        chunks.into()
+    })
+    .await
+    .expect("the generator does not panic");
+    state.bodies.lock().expect("lock").insert(key, body.clone());
+    body
 }
 
 fn too_many_requests(state: &State, wait: Duration) -> Response {
@@ -277,29 +309,45 @@ where
 {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(CHUNK + 4096);
-        let send = |buf: &mut Vec<u8>| {
-            let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(CHUNK + 4096)));
-            match tx.blocking_send(chunk) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            }
-        };
-        let _ = produce(&mut |bytes| {
-            buf.extend_from_slice(bytes);
-            if buf.len() >= CHUNK {
-                send(&mut buf)
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-        if !buf.is_empty() {
-            let _ = send(&mut buf);
-        }
+        chunked(produce, |chunk| match tx.blocking_send(chunk) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        })
     });
     let chunks = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
+    ndjson_body(chunks, cut_off)
+}
+
+/// Run `produce`, handing what it writes to `send` in chunks of about [`CHUNK`] bytes.
+fn chunked<F>(produce: F, mut send: impl FnMut(Bytes) -> ControlFlow<()>)
+where
+    F: FnOnce(&mut dyn FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()>,
+{
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    let _ = produce(&mut |bytes| {
+        buf.extend_from_slice(bytes);
+        if buf.len() >= CHUNK {
+            send(Bytes::from(std::mem::replace(
+                &mut buf,
+                Vec::with_capacity(CHUNK + 4096),
+            )))
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    // A producer may stop on purpose (a job file's last line): what it wrote is sent still.
+    if !buf.is_empty() {
+        let _ = send(Bytes::from(buf));
+    }
+}
+
+/// A 200 NDJSON response of `chunks`, cut off after `cut_off` bytes if given.
+fn ndjson_body(
+    chunks: impl Stream<Item = Bytes> + Send + 'static,
+    cut_off: Option<usize>,
+) -> Response {
     let body = match cut_off {
         None => Body::from_stream(chunks.map(Ok::<_, io::Error>)),
         Some(limit) => Body::from_stream(cut_after(chunks, limit)),

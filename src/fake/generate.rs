@@ -39,6 +39,8 @@ pub(crate) const BLOCK: u32 = 1024;
 const SECOND: i64 = 1_000;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
+/// The longest visibility delay of an event ("late data").
+const LATEST_DELAY: i64 = 20 * HOUR;
 
 /// The event index (in block 0 of each day) whose `transactionalData` or `dataFields`
 /// carries a 10–100 KB string, in the data types that have one of those fields.
@@ -358,6 +360,12 @@ struct Ctx<'a> {
 }
 
 impl Generator {
+    /// Whether the data is final at the clock `now_ms`: every event of the data range is
+    /// visible and every user's last update made, so a body no longer depends on the clock.
+    pub(crate) fn settled(&self, now_ms: i64) -> bool {
+        now_ms > self.end_ms + LATEST_DELAY
+    }
+
     pub(crate) fn new(cfg: &FakeConfig) -> Generator {
         let start_ms = cfg.start.timestamp_millis();
         let end_ms = start_ms + cfg.days as i64 * DAY;
@@ -640,7 +648,7 @@ impl Generator {
         let cursor_ms = day_ms + second * SECOND + stamp.millis(&mut rng);
         let user = rng.below(self.people.len() as u64) as u32;
         let delay = if rng.below(50) == 0 {
-            rng.range(HOUR, 20 * HOUR + 1)
+            rng.range(HOUR, LATEST_DELAY + 1)
         } else {
             rng.range(SECOND, 120 * SECOND + 1)
         };

@@ -20,7 +20,7 @@ mod params;
 pub mod people;
 mod rest;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;
@@ -58,6 +58,10 @@ pub struct FakeConfig {
     /// The largest export-job file, in bytes (Iterable: 10 MB). A file holds whole lines, so
     /// a single longer line makes a file of its own.
     pub job_file_bytes: usize,
+    /// Keep every export body generated once the data is settled (see
+    /// [`Generator::settled`]) and replay it for the same request, so that a benchmark's
+    /// client, not the fake's generator, uses the CPU. Bodies are held whole in memory.
+    pub cache_bodies: bool,
     pub faults: Faults,
 }
 
@@ -121,6 +125,7 @@ impl FakeConfig {
             events_per_day: 40,
             users: 200,
             job_file_bytes: 10 * 1024 * 1024,
+            cache_bodies: false,
             faults: Faults {
                 export_rate: None,
                 ..Faults::default()
@@ -147,6 +152,8 @@ pub(crate) struct State {
     /// Successful `data.json` requests the cut-off fault has seen.
     cut_off_seen: AtomicU64,
     jobs: Mutex<jobs::Jobs>,
+    /// Export bodies by request, when `cfg.cache_bodies`.
+    pub(crate) bodies: Mutex<HashMap<String, Arc<[axum::body::Bytes]>>>,
 }
 
 impl State {
@@ -162,6 +169,7 @@ impl State {
             export_window: Mutex::new(VecDeque::new()),
             cut_off_seen: AtomicU64::new(0),
             jobs: Mutex::new(jobs::Jobs::default()),
+            bodies: Mutex::new(HashMap::new()),
         }
     }
 
@@ -363,6 +371,11 @@ impl FakeIterable {
     /// The fake's clock.
     pub fn now(&self) -> DateTime<Utc> {
         self.state.now()
+    }
+
+    /// How many export bodies [`FakeConfig::cache_bodies`] holds.
+    pub fn cached_bodies(&self) -> usize {
+        self.state.bodies.lock().expect("lock").len()
     }
 
     /// The middle of the data range: events created (users updated) at or after it may carry

@@ -19,6 +19,9 @@ use crate::sink::{PartitionedWriter, WrittenFile};
 /// Bytes of whole lines handed to one decode job.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// Capacity of the buffer a chunk is gathered in: a chunk and the body's next piece.
+const BUF_BYTES: usize = CHUNK_BYTES + (512 << 10);
+
 /// Rewrites one line of the body into one NDJSON line (without its newline), or drops it.
 pub type LineMap = Arc<dyn Fn(&[u8], &mut Vec<u8>) -> bool + Send + Sync>;
 
@@ -73,7 +76,7 @@ where
     E: Into<FetchError>,
 {
     let mut fetched = Fetched::default();
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(BUF_BYTES);
     let mut inflight = FuturesUnordered::new();
     let max_inflight = rayon::current_num_threads() + 1;
     loop {
@@ -86,8 +89,14 @@ where
                 if buf.len() < CHUNK_BYTES {
                     continue;
                 }
-                match buf.iter().rposition(|&c| c == b'\n') {
-                    Some(pos) => buf.split_to(pos + 1).freeze(),
+                match memchr::memrchr(b'\n', &buf) {
+                    Some(pos) => {
+                        let chunk = buf.split_to(pos + 1).freeze();
+                        // The chunk keeps the old allocation: start a full-sized one, so the
+                        // next chunk's bytes are copied once rather than at every doubling.
+                        buf.reserve(BUF_BYTES);
+                        chunk
+                    }
                     None => continue,
                 }
             }

@@ -357,6 +357,35 @@ async fn fake_export_windows_are_start_inclusive_and_end_exclusive() {
 }
 
 #[tokio::test]
+async fn fake_export_replays_bodies_from_its_cache_once_the_data_is_settled() {
+    let api = Api::start(FakeConfig {
+        cache_bodies: true,
+        ..FakeConfig::small(11)
+    })
+    .await;
+    let start = api.fake.config().start;
+    let end = start + TimeDelta::days(i64::from(api.fake.config().days));
+    api.fake.set_now(end - TimeDelta::hours(6));
+    let unsettled = api.window("emailSend", start, end).await;
+    assert_eq!(unsettled.body, api.fake.truth_body("emailSend", start, end));
+    assert_eq!(api.fake.cached_bodies(), 0, "the body still changes");
+    api.fake.set_now(end + TimeDelta::hours(20));
+    api.window("emailSend", start, end).await;
+    assert_eq!(api.fake.cached_bodies(), 0, "late data may still arrive");
+
+    api.fake.set_now(end + TimeDelta::hours(21));
+    let first = api.window("emailSend", start, end).await;
+    let second = api.window("emailSend", start, end).await;
+    assert_eq!(api.fake.cached_bodies(), 1);
+    assert_eq!(first.body, api.fake.truth_body("emailSend", start, end));
+    assert_eq!(second.body, first.body);
+    assert!(first.body.len() > unsettled.body.len(), "the clock moved");
+    let other = api.window("emailOpen", start, end).await;
+    assert_eq!(other.body, api.fake.truth_body("emailOpen", start, end));
+    assert_eq!(api.fake.cached_bodies(), 2);
+}
+
+#[tokio::test]
 async fn fake_export_rejects_bad_parameters() {
     let api = Api::small(4).await;
     let cases: [(&[(&str, &str)], &str); 7] = [
