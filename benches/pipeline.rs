@@ -1,6 +1,6 @@
 //! Stage benchmarks on realistic generated events (the fake API's emailSend and user lines):
-//! decode (NDJSON bytes → RecordBatch) and encode (RecordBatch → zstd Parquet), in bytes/s
-//! of NDJSON.
+//! decode (NDJSON bytes → RecordBatch) and encode (RecordBatch → zstd Parquet, with the
+//! lake's file properties), in bytes/s of NDJSON.
 
 use std::sync::Arc;
 
@@ -8,9 +8,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iterable_lake::catalog;
 use iterable_lake::convert::{Decoder, StreamSchema};
 use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::sink::{WriterLimits, file_properties};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 /// About 1 MiB chunks of whole lines, as the export pipeline hands to a decode job.
 fn chunks(stream: &str, events_per_day: u32) -> (Vec<Vec<u8>>, &'static catalog::StreamDef) {
@@ -73,9 +72,7 @@ fn encode(c: &mut Criterion) {
         .iter()
         .map(|c| d.decode(c).expect("decodes").batch)
         .collect();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level")))
-        .build();
+    let props = file_properties(&WriterLimits::default(), &batches[0]);
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Bytes(bytes as u64));
     g.sample_size(10);
