@@ -11,7 +11,7 @@
 //! threads at once, one chunk each.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -26,7 +26,7 @@ use arrow::record_batch::RecordBatch;
 use rustc_hash::FxHashMap;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128, xxh3_128_with_seed};
 
 use super::schema::{Column, Kind, StreamSchema, UTC};
 use super::timestamp::{from_epoch_millis, parse_instant};
@@ -109,6 +109,7 @@ impl Decoder {
         let mut extra = StringBuilder::with_capacity(rows_hint, 0);
         let mut event_id = StringBuilder::with_capacity(rows_hint, rows_hint * 32);
         let mut row = Row::new(self.nodes.len());
+        let mut identity_input = Vec::new();
         let mut malformed = 0;
         let mut rows = 0;
         // Validate UTF-8 once for the chunk, so the parser need not for every string.
@@ -140,12 +141,9 @@ impl Decoder {
             for &id in &self.top {
                 self.append(id, &mut row, &mut b);
             }
-            match row.render_extra() {
-                Some(json) => extra.append_value(json),
-                None => extra.append_null(),
-            }
+            row.append_extra(&mut extra);
             if self.schema.with_event_id {
-                let hex = self.identity(line, &row, parsed.is_ok());
+                let hex = self.identity(line, &row, parsed.is_ok(), &mut identity_input);
                 event_id.append_value(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
             }
         }
@@ -183,7 +181,7 @@ impl Decoder {
     /// Route one key/value pair into a slot, or into `_extra`.
     fn route<'a>(&self, scope: Scope, key: Cow<'a, str>, raw: &'a RawValue, row: &mut Row<'a>) {
         let id = match scope {
-            Scope::Top => self.lookup.get(key.as_ref()).copied(),
+            Scope::Top => self.top_level(&key, row),
             Scope::Struct(parent) => self.nodes[parent].children.get(key.as_ref()).copied(),
         };
         if let Scope::Top = scope
@@ -221,6 +219,21 @@ impl Decoder {
         row.present[id] = true;
     }
 
+    /// The node a top-level key names. Lines of one export list their keys in the same order,
+    /// so the key that followed the previous one last time is tried before the hash map.
+    fn top_level(&self, key: &str, row: &mut Row<'_>) -> Option<usize> {
+        let guess = row.next_key[row.prev_key];
+        let id = match self.nodes.get(guess) {
+            Some(node) if node.path == key => Some(guess),
+            _ => self.lookup.get(key).copied(),
+        };
+        if let Some(id) = id {
+            row.next_key[row.prev_key] = id;
+            row.prev_key = id;
+        }
+        id
+    }
+
     fn append(&self, id: usize, row: &mut Row<'_>, b: &mut Builders) {
         let node = &self.nodes[id];
         let raw = row.slots[id].filter(|r| r.get() != "null");
@@ -248,16 +261,18 @@ impl Decoder {
     /// A stable hash of the event: its data type and every top-level field but Iterable's
     /// internal bookkeeping (`itblInternal…`). Each field's hash is added up, so the order of
     /// the fields does not matter; a line that is not JSON is hashed as it is.
-    fn identity(&self, line: &[u8], row: &Row<'_>, parsed: bool) -> [u8; 32] {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(self.identity_salt.as_bytes());
-        h.update(&[0]);
+    ///
+    /// `input` is scratch space, reused across rows.
+    fn identity(&self, line: &[u8], row: &Row<'_>, parsed: bool, input: &mut Vec<u8>) -> [u8; 32] {
+        input.clear();
+        input.extend_from_slice(self.identity_salt.as_bytes());
+        input.push(0);
         if parsed {
-            h.update(&row.identity.to_le_bytes());
+            input.extend_from_slice(&row.identity.to_le_bytes());
         } else {
-            h.update(line);
+            input.extend_from_slice(line);
         }
-        let digest = h.digest128();
+        let digest = xxh3_128(input);
         let mut hex = [0u8; 32];
         for (i, c) in hex.iter_mut().enumerate() {
             *c = b"0123456789abcdef"[(digest >> (124 - 4 * i) & 0xf) as usize];
@@ -365,10 +380,14 @@ enum Scope {
 struct Row<'a> {
     slots: Vec<Option<&'a RawValue>>,
     present: Vec<bool>,
-    extra: Vec<(String, &'a RawValue)>,
+    extra: Vec<(Cow<'a, str>, &'a RawValue)>,
     extra_owned: Vec<(String, String)>,
     /// The sum of the hashes of the fields that make the event's identity.
     identity: u128,
+    /// The last top-level node a key of this row named (`slots.len()` before the first), and
+    /// for each node the one whose key came after it last time (`usize::MAX`: none yet).
+    prev_key: usize,
+    next_key: Vec<usize>,
 }
 
 impl<'a> Row<'a> {
@@ -379,6 +398,8 @@ impl<'a> Row<'a> {
             extra: Vec::new(),
             extra_owned: Vec::new(),
             identity: 0,
+            prev_key: n,
+            next_key: vec![usize::MAX; n + 1],
         }
     }
 
@@ -388,36 +409,41 @@ impl<'a> Row<'a> {
         self.extra.clear();
         self.extra_owned.clear();
         self.identity = 0;
+        self.prev_key = self.slots.len();
     }
 
     fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a RawValue) {
         let path = match scope {
-            Scope::Top => key.into_owned(),
-            Scope::Struct(parent) => format!("{}.{key}", d.nodes[parent].path),
+            Scope::Top => key,
+            Scope::Struct(parent) => Cow::Owned(format!("{}.{key}", d.nodes[parent].path)),
         };
         self.extra.push((path, raw));
     }
 
-    fn render_extra(&self) -> Option<String> {
+    /// Append the row's `_extra` (a JSON object of what no column took, or null) to `out`,
+    /// written straight into the builder.
+    fn append_extra(&self, out: &mut StringBuilder) {
         if self.extra.is_empty() && self.extra_owned.is_empty() {
-            return None;
+            out.append_null();
+            return;
         }
-        let mut out = String::from("{");
-        let pairs = self.extra.iter().map(|(k, v)| (k.as_str(), v.get())).chain(
+        let pairs = self.extra.iter().map(|(k, v)| (k.as_ref(), v.get())).chain(
             self.extra_owned
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        for (i, (k, v)) in pairs.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&json_string(k));
-            out.push(':');
-            out.push_str(v);
+        let mut sep = '{';
+        for (k, v) in pairs {
+            let plain = k.bytes().all(|c| c >= b' ' && c != b'"' && c != b'\\');
+            let written = if plain {
+                write!(out, "{sep}\"{k}\":{v}")
+            } else {
+                write!(out, "{sep}{}:{v}", json_string(k))
+            };
+            written.expect("a builder takes any text");
+            sep = ',';
         }
-        out.push('}');
-        Some(out)
+        out.append_value("}");
     }
 }
 
