@@ -34,6 +34,9 @@ use super::timestamp::{from_epoch_millis, parse_instant};
 /// The key under which a line that is not a JSON object is kept in `_extra`.
 pub const MALFORMED_LINE: &str = "_malformed_line";
 
+/// The fewest bytes per line the builders are sized for (builders grow past it if needed).
+const MIN_LINE_BYTES: usize = 64;
+
 /// Largest magnitude an f64 holds every integer of (2^53).
 const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
 
@@ -57,7 +60,9 @@ pub struct Decoder {
     extracted_at: i64,
     /// Mixed into `_event_id` so equal payloads of different types differ.
     identity_salt: String,
-    /// Bytes per line of the last chunk, to size the next chunk's builders.
+    /// Bytes per line of the last chunk, to size the next chunk's builders; at least
+    /// [`MIN_LINE_BYTES`], so a chunk of tiny lines cannot make the next one reserve for rows
+    /// it does not have.
     bytes_per_line: AtomicUsize,
 }
 
@@ -104,8 +109,8 @@ impl Decoder {
 
     /// Decode a chunk of complete newline-separated lines. Blank lines are skipped.
     pub fn decode(&self, chunk: &[u8]) -> Result<Decoded, ArrowError> {
-        let rows_hint = chunk.len() / self.bytes_per_line.load(Ordering::Relaxed).max(1) + 1;
-        let mut b = Builders::new(&self.nodes, rows_hint);
+        let rows_hint = chunk.len() / self.bytes_per_line.load(Ordering::Relaxed) + 1;
+        let mut b = Builders::new(&self.nodes, rows_hint, chunk.len());
         let mut extra = StringBuilder::with_capacity(rows_hint, 0);
         let mut event_id = StringBuilder::with_capacity(rows_hint, rows_hint * 32);
         let mut row = Row::new(self.nodes.len());
@@ -161,7 +166,8 @@ impl Decoder {
         }
         let batch = RecordBatch::try_new(self.schema.arrow.clone(), columns)?;
         if let Some(per_line) = chunk.len().checked_div(rows) {
-            self.bytes_per_line.store(per_line, Ordering::Relaxed);
+            self.bytes_per_line
+                .store(per_line.max(MIN_LINE_BYTES), Ordering::Relaxed);
         }
         Ok(Decoded { batch, malformed })
     }
@@ -673,11 +679,11 @@ enum Builder {
 }
 
 impl Builder {
-    /// A builder for `rows` values of `kind`, text ones holding `bytes_per_row` each.
-    fn for_kind(kind: &Kind, rows: usize, bytes_per_row: usize) -> Builder {
+    /// A builder for `rows` values of `kind`, text ones holding `text_bytes` in all.
+    fn for_kind(kind: &Kind, rows: usize, text_bytes: usize) -> Builder {
         match kind {
             Kind::Utf8 | Kind::Json => {
-                Builder::Utf8(StringBuilder::with_capacity(rows, rows * bytes_per_row))
+                Builder::Utf8(StringBuilder::with_capacity(rows, text_bytes))
             }
             Kind::Int64 => Builder::Int64(Int64Builder::with_capacity(rows)),
             Kind::Float64 => Builder::Float64(Float64Builder::with_capacity(rows)),
@@ -686,7 +692,7 @@ impl Builder {
                 TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC),
             ),
             Kind::List(item) => Builder::List {
-                item: Box::new(Builder::for_kind(item, rows, bytes_per_row)),
+                item: Box::new(Builder::for_kind(item, rows, text_bytes)),
                 offsets: vec![0],
             },
             Kind::Struct(_) => Builder::Struct,
@@ -738,11 +744,16 @@ struct Builders {
 }
 
 impl Builders {
-    fn new(nodes: &[Node], rows: usize) -> Self {
+    /// Builders for a chunk of `bytes` expected to hold `rows` rows. No column reserves more
+    /// text than the chunk holds, whatever the hints (other chunks set them concurrently).
+    fn new(nodes: &[Node], rows: usize, bytes: usize) -> Self {
         Builders {
             cols: nodes
                 .iter()
-                .map(|n| Builder::for_kind(&n.kind, rows, n.bytes_per_row.load(Ordering::Relaxed)))
+                .map(|n| {
+                    let per_row = n.bytes_per_row.load(Ordering::Relaxed);
+                    Builder::for_kind(&n.kind, rows, rows.saturating_mul(per_row).min(bytes))
+                })
                 .collect(),
             nulls: nodes.iter().map(|_| Vec::new()).collect(),
         }
