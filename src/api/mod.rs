@@ -69,9 +69,14 @@ pub enum Family {
     Other,
 }
 
+/// 429s get this many times `max_retries`: they only say to wait, and another client of the
+/// same project may keep the budget busy for a while.
+const RATE_LIMITED_RETRIES_FACTOR: u32 = 4;
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt on errors (5xx, connection errors); 429s get
+    /// `RATE_LIMITED_RETRIES_FACTOR` times as many.
     pub max_retries: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
@@ -288,6 +293,8 @@ impl ApiClient {
         let url = self.url(segments, query)?;
         let shown = display_url(&url);
         let mut attempt = 0u32;
+        // Failed attempts so far: errors, and answers of 429.
+        let (mut errors, mut rate_limited) = (0u32, 0u32);
         loop {
             attempt += 1;
             match family {
@@ -321,9 +328,17 @@ impl ApiClient {
                             code: body.code,
                         });
                     }
-                    let retryable =
-                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    if !retryable || attempt > self.retry.max_retries {
+                    limited = status == StatusCode::TOO_MANY_REQUESTS;
+                    let (failures, allowed) = if limited {
+                        rate_limited += 1;
+                        let allowed = self.retry.max_retries * RATE_LIMITED_RETRIES_FACTOR;
+                        (rate_limited, allowed)
+                    } else {
+                        errors += 1;
+                        (errors, self.retry.max_retries)
+                    };
+                    let retryable = limited || status.is_server_error();
+                    if !retryable || failures > allowed {
                         return Err(ApiError::Status {
                             url: shown,
                             status: status.as_u16(),
@@ -332,15 +347,15 @@ impl ApiClient {
                             attempts: attempt,
                         });
                     }
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        limited = true;
+                    if limited {
                         self.count(|s| &s.rate_limited, 1);
                     }
                     tracing::debug!(url = %shown, status = status.as_u16(), code = %body.code, attempt, "retrying");
                     retry_after
                 }
                 Err(source) => {
-                    if attempt > self.retry.max_retries {
+                    errors += 1;
+                    if errors > self.retry.max_retries {
                         return Err(ApiError::Transport {
                             url: shown,
                             source: source.without_url(),
@@ -351,7 +366,8 @@ impl ApiClient {
                     None
                 }
             };
-            let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
+            let failures = if limited { rate_limited } else { errors };
+            let delay = retry_after.unwrap_or_else(|| self.backoff(failures));
             let ms = delay.as_millis() as u64;
             self.count(|s| &s.retries, 1);
             self.count(|s| &s.backoff_ms, ms);

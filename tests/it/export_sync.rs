@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use iterable_lake::api::ApiClient;
+use iterable_lake::api::{ApiClient, ApiError, Family};
 use iterable_lake::catalog::{self, StreamDef};
 use iterable_lake::convert::{Decoder, StreamSchema};
 use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults};
@@ -256,6 +256,52 @@ async fn cut_off_responses_rate_limits_and_random_errors_still_give_exact_result
         "cut-off windows were retried: {send:?}"
     );
     assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn rate_limited_requests_get_four_times_the_retries_of_errors() {
+    let mut cfg = FakeConfig::small(5);
+    cfg.faults.export_rate = Some((1, Duration::from_secs(60)));
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let client = fake_client(&fake, 2);
+    let query = [("dataTypeName", "emailSend".to_string())];
+    let first = client.get(Family::Export, "export/data.json", &query).await;
+    assert!(first.is_ok(), "the budget admits one request");
+    let err = client
+        .get(Family::Export, "export/data.json", &query)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApiError::Status {
+                status: 429,
+                attempts: 9,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(fake.rate_limited(), 9);
+
+    let mut cfg = FakeConfig::small(5);
+    cfg.faults.random_500 = 1.0;
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let err = fake_client(&fake, 2)
+        .get(Family::Export, "export/data.json", &query)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApiError::Status {
+                status: 500,
+                attempts: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
