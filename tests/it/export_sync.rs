@@ -258,6 +258,17 @@ async fn cut_off_responses_rate_limits_and_random_errors_still_give_exact_result
     assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
 }
 
+/// The status and attempts of an export request that `client` gives up on.
+async fn failed_export(client: &ApiClient) -> (u16, u32) {
+    let query = [("dataTypeName", "emailSend".to_string())];
+    match client.get(Family::Export, "export/data.json", &query).await {
+        Err(ApiError::Status {
+            status, attempts, ..
+        }) => (status, attempts),
+        other => panic!("{:?}", other.map(|r| r.status())),
+    }
+}
+
 #[tokio::test]
 async fn rate_limited_requests_get_four_times_the_retries_of_errors() {
     let mut cfg = FakeConfig::small(5);
@@ -267,41 +278,13 @@ async fn rate_limited_requests_get_four_times_the_retries_of_errors() {
     let query = [("dataTypeName", "emailSend".to_string())];
     let first = client.get(Family::Export, "export/data.json", &query).await;
     assert!(first.is_ok(), "the budget admits one request");
-    let err = client
-        .get(Family::Export, "export/data.json", &query)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ApiError::Status {
-                status: 429,
-                attempts: 9,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(failed_export(&client).await, (429, 9));
     assert_eq!(fake.rate_limited(), 9);
 
     let mut cfg = FakeConfig::small(5);
     cfg.faults.random_500 = 1.0;
     let fake = FakeIterable::start(cfg).await.unwrap();
-    let err = fake_client(&fake, 2)
-        .get(Family::Export, "export/data.json", &query)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ApiError::Status {
-                status: 500,
-                attempts: 3,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(failed_export(&fake_client(&fake, 2)).await, (500, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
