@@ -784,13 +784,32 @@ impl Builders {
             self.nulls[id].push(true);
             return true;
         }
-        match scalar_of(kind, raw.get()) {
-            Some(v) => {
-                self.cols[id].push(v);
-                true
-            }
-            None => false,
+        let raw = raw.get();
+        match (&mut self.cols[id], kind) {
+            (Builder::Utf8(b), Kind::Json) => b.append_value(raw),
+            (Builder::Utf8(b), _) => match string_of(raw) {
+                Some(s) => b.append_value(s),
+                None => return false,
+            },
+            (Builder::Int64(b), _) => match int_of(raw) {
+                Some(v) => b.append_value(v),
+                None => return false,
+            },
+            (Builder::Timestamp(b), _) => match timestamp_of(raw) {
+                Some(v) => b.append_value(v),
+                None => return false,
+            },
+            (Builder::Float64(b), _) => match float_of(raw) {
+                Some(v) => b.append_value(v),
+                None => return false,
+            },
+            (Builder::Boolean(b), _) => match bool_of(raw) {
+                Some(v) => b.append_value(v),
+                None => return false,
+            },
+            (Builder::List { .. } | Builder::Struct, _) => return false,
         }
+        true
     }
 
     fn append_null(&mut self, id: usize, kind: &Kind) -> bool {
