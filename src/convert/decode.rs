@@ -786,30 +786,17 @@ impl Builders {
         }
         let raw = raw.get();
         match (&mut self.cols[id], kind) {
-            (Builder::Utf8(b), Kind::Json) => b.append_value(raw),
-            (Builder::Utf8(b), _) => match string_of(raw) {
-                Some(s) => b.append_value(s),
-                None => return false,
-            },
-            (Builder::Int64(b), _) => match int_of(raw) {
-                Some(v) => b.append_value(v),
-                None => return false,
-            },
-            (Builder::Timestamp(b), _) => match timestamp_of(raw) {
-                Some(v) => b.append_value(v),
-                None => return false,
-            },
-            (Builder::Float64(b), _) => match float_of(raw) {
-                Some(v) => b.append_value(v),
-                None => return false,
-            },
-            (Builder::Boolean(b), _) => match bool_of(raw) {
-                Some(v) => b.append_value(v),
-                None => return false,
-            },
-            (Builder::List { .. } | Builder::Struct, _) => return false,
+            (Builder::Utf8(b), Kind::Json) => {
+                b.append_value(raw);
+                true
+            }
+            (Builder::Utf8(b), _) => string_of(raw).map(|v| b.append_value(v)).is_some(),
+            (Builder::Int64(b), _) => int_of(raw).map(|v| b.append_value(v)).is_some(),
+            (Builder::Timestamp(b), _) => timestamp_of(raw).map(|v| b.append_value(v)).is_some(),
+            (Builder::Float64(b), _) => float_of(raw).map(|v| b.append_value(v)).is_some(),
+            (Builder::Boolean(b), _) => bool_of(raw).map(|v| b.append_value(v)).is_some(),
+            (Builder::List { .. } | Builder::Struct, _) => false,
         }
-        true
     }
 
     fn append_null(&mut self, id: usize, kind: &Kind) -> bool {
