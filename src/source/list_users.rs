@@ -31,6 +31,14 @@ fn member_lines(list_id: i64) -> LineMap {
     })
 }
 
+/// `GET lists/getUsers` for one list: its members, one a line.
+pub async fn members(client: &ApiClient, list_id: i64) -> Result<reqwest::Response, FetchError> {
+    let query = [("listId", list_id.to_string())];
+    Ok(client
+        .get(Family::ListUsers, "lists/getUsers", &query)
+        .await?)
+}
+
 /// Stream the members of one list into `writer`'s files.
 pub async fn fetch(
     client: &ApiClient,
@@ -38,13 +46,7 @@ pub async fn fetch(
     decoder: Arc<Decoder>,
     writer: PartitionedWriter,
 ) -> Result<Fetched, FetchError> {
-    let resp = client
-        .get(
-            Family::ListUsers,
-            "lists/getUsers",
-            &[("listId", list_id.to_string())],
-        )
-        .await?;
+    let resp = members(client, list_id).await?;
     pipeline::run(
         resp.bytes_stream(),
         decoder,

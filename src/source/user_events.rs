@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::FetchError;
+use super::list_users;
 use super::rest::{self, Body};
 use crate::api::{ApiClient, Family};
 
@@ -49,14 +50,7 @@ async fn list_members(
     list_id: i64,
     users: &mut BTreeSet<String>,
 ) -> Result<(), FetchError> {
-    let resp = client
-        .get(
-            Family::ListUsers,
-            "lists/getUsers",
-            &[("listId", list_id.to_string())],
-        )
-        .await?;
-    let mut body = resp.bytes_stream();
+    let mut body = list_users::members(client, list_id).await?.bytes_stream();
     let mut carry: Vec<u8> = Vec::new();
     let mut add = |line: &[u8]| {
         let member = String::from_utf8_lossy(line);
