@@ -50,3 +50,17 @@ pub fn assert_absent_in_tree(dir: &Path, needle: &str) -> usize {
     }
     files
 }
+
+/// `args` with the export, list-users and metrics rate limits lifted, as the fake allows.
+pub fn unlimited<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend([
+        "--export-requests-per-minute",
+        "100000",
+        "--list-users-requests-per-minute",
+        "100000",
+        "--metrics-requests-per-minute",
+        "100000",
+    ]);
+    all
+}

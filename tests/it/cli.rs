@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use iterable_lake::catalog::{self, STREAMS};
 use iterable_lake::fake::{FakeConfig, FakeIterable, Faults};
 
-use crate::bin::{BIN, assert_absent_in_tree, text};
+use crate::bin::{BIN, assert_absent_in_tree, text, unlimited};
 
 fn run(args: &[&str], key: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
@@ -87,7 +87,7 @@ async fn a_wrong_key_fails_clearly_and_a_good_sync_never_shows_the_key() {
     let dest = dir.path().join("lake");
     let dest = dest.to_str().unwrap();
     let base = fake.base_url();
-    let common = [
+    let common = unlimited(&[
         "sync",
         "--dest",
         dest,
@@ -97,13 +97,7 @@ async fn a_wrong_key_fails_clearly_and_a_good_sync_never_shows_the_key() {
         "2024-01-01",
         "--end-date",
         "2024-01-04",
-        "--export-requests-per-minute",
-        "100000",
-        "--list-users-requests-per-minute",
-        "100000",
-        "--metrics-requests-per-minute",
-        "100000",
-    ];
+    ]);
     let wrong = tokio::task::spawn_blocking({
         let args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
         move || {
@@ -172,7 +166,7 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
     let dest = dir.path().to_str().unwrap().to_string();
     let base = fake.base_url();
     let args = move || -> Vec<String> {
-        [
+        unlimited(&[
             "sync",
             "--dest",
             &dest,
@@ -182,15 +176,9 @@ async fn a_run_killed_mid_window_and_rerun_leaves_the_lake_exact() {
             "2024-01-01",
             "--end-date",
             end,
-            "--export-requests-per-minute",
-            "100000",
-            "--list-users-requests-per-minute",
-            "100000",
-            "--metrics-requests-per-minute",
-            "100000",
             "--lag",
             "0",
-        ]
+        ])
         .iter()
         .map(|s| s.to_string())
         .collect()

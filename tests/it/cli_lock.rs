@@ -13,7 +13,7 @@ use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
 use serde_json::Value;
 
-use crate::bin::{BIN, run_report, text};
+use crate::bin::{BIN, run_report, text, unlimited};
 
 const START: &str = "2024-01-01T00:00:00Z";
 const END: &str = "2024-01-04T00:00:00Z";
@@ -33,7 +33,7 @@ async fn fake(seed: u64, latency_ms: u64) -> FakeIterable {
 
 /// `sync` of every stream into `dest` from `fake`, reading through `end`, then `extra`.
 fn sync_args(fake: &FakeIterable, dest: &Path, end: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
+    let mut args: Vec<String> = unlimited(&[
         "sync",
         "--dest",
         dest.to_str().unwrap(),
@@ -43,17 +43,11 @@ fn sync_args(fake: &FakeIterable, dest: &Path, end: &str, extra: &[&str]) -> Vec
         "2024-01-01",
         "--end-date",
         end,
-        "--export-requests-per-minute",
-        "100000",
-        "--list-users-requests-per-minute",
-        "100000",
-        "--metrics-requests-per-minute",
-        "100000",
         "--lag",
         "0",
         "--log-format",
         "json",
-    ]
+    ])
     .iter()
     .map(|s| s.to_string())
     .collect();

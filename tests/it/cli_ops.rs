@@ -12,7 +12,7 @@ use iterable_lake::convert::StreamSchema;
 use iterable_lake::fake::{FakeConfig, FakeIterable, Faults};
 use serde_json::Value;
 
-use crate::bin::{BIN, assert_absent_in_tree, run_report, text};
+use crate::bin::{BIN, assert_absent_in_tree, run_report, text, unlimited};
 
 const START: &str = "2024-01-01";
 const END: &str = "2024-01-04T00:00:00Z";
@@ -331,7 +331,7 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
     let key_path = key_file(dir.path(), &fake);
     let lake = dir.path().join("lake");
     let base = fake.base_url();
-    let sync_args = [
+    let sync_args = unlimited(&[
         "sync",
         "--dest",
         s(&lake),
@@ -345,13 +345,7 @@ async fn state_matches_the_run_and_a_reset_makes_the_next_run_extract_again() {
         START,
         "--end-date",
         END,
-        "--export-requests-per-minute",
-        "100000",
-        "--list-users-requests-per-minute",
-        "100000",
-        "--metrics-requests-per-minute",
-        "100000",
-    ];
+    ]);
     let first = run(&sync_args, &[]).await;
     assert_code(&first, 0);
     let report = outcome(&run_report(&lake, &first));
@@ -513,7 +507,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
     let lake = |n: &str| dir.path().join(n);
 
     let by_flags = run(
-        &[
+        &unlimited(&[
             "sync",
             "--dest",
             s(&lake("flags")),
@@ -535,13 +529,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
             "2",
             "--concurrency",
             "1",
-            "--export-requests-per-minute",
-            "100000",
-            "--list-users-requests-per-minute",
-            "100000",
-            "--metrics-requests-per-minute",
-            "100000",
-        ],
+        ]),
         &[],
     )
     .await;
@@ -579,7 +567,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
     )
     .unwrap();
     let by_airbyte = run(
-        &[
+        &unlimited(&[
             "sync",
             "--airbyte-config",
             s(&airbyte),
@@ -591,13 +579,7 @@ async fn config_files_make_the_same_run_as_flags_and_flags_win() {
             "email_send,users",
             "--end-date",
             END,
-            "--export-requests-per-minute",
-            "100000",
-            "--list-users-requests-per-minute",
-            "100000",
-            "--metrics-requests-per-minute",
-            "100000",
-        ],
+        ]),
         &[],
     )
     .await;
@@ -705,7 +687,7 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
         for format in ["json", "text"] {
             let dest = lakes.join(format!("{i}-{format}"));
             let o = run(
-                &[
+                &unlimited(&[
                     "sync",
                     flag,
                     path,
@@ -719,15 +701,9 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
                     START,
                     "--end-date",
                     END,
-                    "--export-requests-per-minute",
-                    "100000",
-                    "--list-users-requests-per-minute",
-                    "100000",
-                    "--metrics-requests-per-minute",
-                    "100000",
                     "--log-format",
                     format,
-                ],
+                ]),
                 &[("RUST_LOG", "debug")],
             )
             .await;
@@ -740,7 +716,7 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
             outputs.push(o);
         }
         let checked = run(
-            &[
+            &unlimited(&[
                 "check",
                 flag,
                 path,
@@ -748,13 +724,7 @@ async fn the_key_from_a_file_or_a_config_never_shows() {
                 &base,
                 "--streams",
                 "email_send",
-                "--export-requests-per-minute",
-                "100000",
-                "--list-users-requests-per-minute",
-                "100000",
-                "--metrics-requests-per-minute",
-                "100000",
-            ],
+            ]),
             &[("RUST_LOG", "debug")],
         )
         .await;
@@ -795,7 +765,7 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
     let key_path = key_file(dir.path(), &fake);
     let base = fake.base_url();
     let args = |dest: &str| -> Vec<String> {
-        [
+        unlimited(&[
             BIN,
             "sync",
             "--dest",
@@ -810,13 +780,7 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
             "2023-12-25",
             "--end-date",
             END,
-            "--export-requests-per-minute",
-            "100000",
-            "--list-users-requests-per-minute",
-            "100000",
-            "--metrics-requests-per-minute",
-            "100000",
-        ]
+        ])
         .iter()
         .map(|a| a.to_string())
         .collect()
