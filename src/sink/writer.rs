@@ -7,8 +7,10 @@
 //! commits them to the manifest) or are thrown away ([`PartitionedWriter::abort`]).
 //!
 //! Memory: each open file holds at most one row group in progress (flushed at
-//! `row_group_bytes`) plus the `BufWriter`'s part buffer, so memory is bounded by
-//! `max_open_files × (row_group_bytes + part_bytes)` whatever the export size.
+//! `row_group_bytes`), the `BufWriter`'s part buffer and at most `part_uploads` parts being
+//! uploaded, so memory is bounded by
+//! `max_open_files × (row_group_bytes + (1 + part_uploads) × part_bytes)` whatever the export
+//! size.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,6 +63,8 @@ pub struct WriterLimits {
     pub max_open_files: usize,
     /// The upload part size of the object-store writer.
     pub part_bytes: usize,
+    /// Parts of one file uploading at once (object_store's default is 8: 80 MB a file).
+    pub part_uploads: usize,
 }
 
 impl Default for WriterLimits {
@@ -71,6 +75,7 @@ impl Default for WriterLimits {
             row_group_rows: 256 * 1024,
             max_open_files: 6,
             part_bytes: 10 * 1024 * 1024,
+            part_uploads: 2,
         }
     }
 }
@@ -310,7 +315,8 @@ impl PartitionedWriter {
             self.lake.store.clone(),
             path.clone(),
             self.limits.part_bytes,
-        );
+        )
+        .with_max_concurrency(self.limits.part_uploads);
         let props = file_properties(&self.limits, first);
         let writer =
             AsyncArrowWriter::try_new(out, self.schema.clone(), Some(props)).map_err(|source| {

@@ -66,7 +66,8 @@ impl StreamCtx<'_> {
     }
 
     /// A writer of staged rows split by bucket. Every bucket may be open at once, so row
-    /// groups are kept small: memory stays near `buckets × (1 MiB + part size)`.
+    /// groups are kept small: memory stays near
+    /// `buckets × (1 MiB + (1 + part uploads) × part size)`.
     pub(super) fn staging_writer(&self, b: &Bucketing) -> PartitionedWriter {
         let limits = WriterLimits {
             max_open_files: b.buckets as usize,
