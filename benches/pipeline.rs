@@ -11,7 +11,7 @@ use iterable_lake::fake::{FakeConfig, FakeIterable};
 use iterable_lake::sink::{WriterLimits, file_properties};
 use parquet::arrow::ArrowWriter;
 
-/// About 1 MiB chunks of whole lines, as the export pipeline hands to a decode job.
+/// About 4 MiB chunks of whole lines, as the export pipeline hands to a decode job.
 fn chunks(stream: &str, events_per_day: u32) -> (Vec<Vec<u8>>, &'static catalog::StreamDef) {
     let def = catalog::find(stream).expect("stream");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -32,7 +32,7 @@ fn chunks(stream: &str, events_per_day: u32) -> (Vec<Vec<u8>>, &'static catalog:
         let last = out.last_mut().expect("one chunk");
         last.extend_from_slice(line.as_bytes());
         last.push(b'\n');
-        if last.len() >= 1 << 20 {
+        if last.len() >= 4 << 20 {
             out.push(Vec::new());
         }
     }
