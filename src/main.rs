@@ -6,6 +6,12 @@ use clap::Parser;
 use iterable_lake::app::{self, exit};
 use iterable_lake::cli::Cli;
 
+/// jemalloc rather than glibc's malloc: batches are built on rayon's threads and freed on the
+/// writer's, a pattern glibc's per-thread arenas answer by keeping freed memory. A 10-million
+/// event sync peaked at 326 MB with glibc and 246 MB with jemalloc, at the same speed.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
