@@ -18,8 +18,9 @@ use crate::convert::{Decoded, Decoder};
 use crate::sink::{PartitionedWriter, WrittenFile};
 
 /// Bytes of whole lines handed to one decode job. Larger chunks mean fewer, larger batches
-/// for the writer: 4 MiB rather than 1 MiB took a sixth off the CPU time of a 1-million-event
-/// sync (`scripts/bench-export.sh`), for about 40 MB more peak memory.
+/// for the writer: 4 MiB rather than 1 MiB took 8-15% off the CPU time of a 1-million-event
+/// sync (interleaved runs of `scripts/bench-export.sh`'s sync), for about 45 MB more peak
+/// memory.
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// Capacity of the buffer a chunk is gathered in: a chunk and the body's next piece.
