@@ -3,8 +3,10 @@
 //! One [`PartitionedWriter`] writes one fetch (one request's records) of one stream: batches
 //! are split by partition (for dated streams the UTC date of the cursor column), each
 //! partition gets its own file under `<dir>/<partition>/part-<run>-<n>.parquet`, files roll
-//! over at a size limit, and at most a few files are open at once. The caller decides whether the files become live (it
-//! commits them to the manifest) or are thrown away ([`PartitionedWriter::abort`]).
+//! over at a size limit, at most a few files are open at once, and a file that gets no rows
+//! for a while (its day has passed in an export in cursor order) is closed early. The caller
+//! decides whether the files become live (it commits them to the manifest) or are thrown away
+//! ([`PartitionedWriter::abort`]).
 //!
 //! Memory: each open file holds at most one row group in progress (flushed at
 //! `row_group_bytes`), the `BufWriter`'s part buffer and at most `part_uploads` parts being
@@ -37,6 +39,10 @@ use super::bucket::{bucket_of, bucket_partition, row_keys};
 use super::store::LakeStore;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Writes (batches, or their parts in different partitions) after which a file that got none
+/// of them is closed; ~100,000 rows of an export.
+const IDLE_WRITES: u64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -128,6 +134,9 @@ struct OpenFile {
     min: Option<i64>,
     max: Option<i64>,
     last_write: u64,
+    /// Whether the file stays open while idle: its partition's earlier file was closed as
+    /// idle and got rows after all, so the export is not in cursor order there.
+    keep_open: bool,
 }
 
 /// Names files uniquely within a run: `part-<run>-<n>.parquet`.
@@ -165,6 +174,8 @@ pub struct PartitionedWriter {
     open: Vec<OpenFile>,
     done: Vec<WrittenFile>,
     writes: u64,
+    /// Partitions whose file was closed for being idle.
+    idle_closed: FxHashSet<String>,
 }
 
 impl PartitionedWriter {
@@ -188,6 +199,7 @@ impl PartitionedWriter {
             open: Vec::new(),
             done: Vec::new(),
             writes: 0,
+            idle_closed: FxHashSet::default(),
         }
     }
 
@@ -299,6 +311,23 @@ impl PartitionedWriter {
             let file = self.open.swap_remove(idx);
             self.close(file).await?;
         }
+        self.close_idle().await
+    }
+
+    /// Close the files no write reached in the last [`IDLE_WRITES`]: an export comes in
+    /// cursor order, so a day that has passed gets no more rows. Closing it then frees its
+    /// row group while decoding goes on, rather than at the end when nothing else runs. A
+    /// partition that gets rows after its file was closed keeps its next file open.
+    async fn close_idle(&mut self) -> Result<(), WriteError> {
+        while let Some(i) = self
+            .open
+            .iter()
+            .position(|f| !f.keep_open && self.writes - f.last_write > IDLE_WRITES)
+        {
+            let file = self.open.swap_remove(i);
+            self.idle_closed.insert(file.partition.clone());
+            self.close(file).await?;
+        }
         Ok(())
     }
 
@@ -326,13 +355,14 @@ impl PartitionedWriter {
                 }
             })?;
         Ok(OpenFile {
-            partition,
             path,
             writer,
             rows: 0,
             min: None,
             max: None,
             last_write: self.writes,
+            keep_open: self.idle_closed.contains(&partition),
+            partition,
         })
     }
 
@@ -592,6 +622,57 @@ mod tests {
             ]
         );
         assert_eq!(files[0].min_cursor, Some(MICROS_PER_DAY + 5));
+    }
+
+    #[tokio::test]
+    async fn a_passed_day_is_closed_early_and_a_late_row_keeps_its_next_file_open() {
+        let idle = IDLE_WRITES as usize + 1;
+        let mut batches = vec![batch(&[1, 1])];
+        batches.extend((0..idle).map(|_| batch(&[2])));
+        batches.push(batch(&[1]));
+        batches.extend((0..idle).map(|_| batch(&[2])));
+        batches.push(batch(&[1]));
+        let lake = LakeStore::in_memory();
+        let mut w = PartitionedWriter::new(
+            lake,
+            "s".into(),
+            batches[0].schema(),
+            Partitioning::CursorDate {
+                column: 0,
+                fallback_day: 0,
+            },
+            Some(0),
+            FileNamer::new("r1"),
+            WriterLimits::default(),
+        );
+        let mut closed_before_finish = Vec::new();
+        for b in batches {
+            w.write(b).await.unwrap();
+            closed_before_finish.push(w.done.len());
+        }
+        // Day 1's first file closed once day 2 had IDLE_WRITES + 1 batches to itself; the
+        // late rows of day 1 share one more file, kept open through day 2's second run.
+        assert_eq!(closed_before_finish[idle], 1);
+        assert_eq!(closed_before_finish.last(), Some(&1));
+        let mut files: Vec<(String, u64)> = w
+            .finish()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.path, f.rows))
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                ("s/date=1970-01-02/part-r1-00000.parquet".to_string(), 2),
+                ("s/date=1970-01-02/part-r1-00002.parquet".to_string(), 2),
+                (
+                    "s/date=1970-01-03/part-r1-00001.parquet".to_string(),
+                    2 * idle as u64
+                ),
+            ]
+        );
     }
 
     #[tokio::test]
