@@ -1,9 +1,9 @@
 //! NDJSON lines → Arrow `RecordBatch`, driven by the stream's schema.
 //!
-//! Each line is visited once with serde (keys borrowed, values kept as raw JSON text), routed
-//! to the declared column it names (dotted keys such as `itblInternal.emailDomain` reach the
-//! struct field), converted with lossless coercions only, and appended to that column's
-//! builder. What the schema does not declare, and what does not fit, is written verbatim into
+//! Each line is split once into keys and raw JSON values ([`flat::split`], or serde_json for
+//! what that fast path refuses), each value routed to the declared column it names (dotted
+//! keys such as `itblInternal.emailDomain` reach the struct field), converted with lossless
+//! coercions only, and appended to that column's builder. What the schema does not declare, and what does not fit, is written verbatim into
 //! `_extra` as a JSON object, so nothing the API sent is lost. A line that is not a JSON object
 //! becomes a row whose `_extra` holds it under `_malformed_line`, and is counted.
 //!
@@ -28,6 +28,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128, xxh3_128_with_seed};
 
+use super::flat;
 use super::schema::{Column, Kind, StreamSchema, UTC};
 use super::timestamp::{from_epoch_millis, parse_instant};
 
@@ -173,6 +174,13 @@ impl Decoder {
     }
 
     fn visit_line<'a>(&self, line: &'a str, row: &mut Row<'a>) -> Result<(), ()> {
+        let split = flat::split(line, |key, raw| {
+            self.route(Scope::Top, Cow::Borrowed(key), raw, row)
+        });
+        if split.is_some() {
+            return Ok(());
+        }
+        row.clear();
         let mut de = serde_json::Deserializer::from_str(line);
         ObjectSeed {
             decoder: self,
@@ -185,7 +193,7 @@ impl Decoder {
     }
 
     /// Route one key/value pair into a slot, or into `_extra`.
-    fn route<'a>(&self, scope: Scope, key: Cow<'a, str>, raw: &'a RawValue, row: &mut Row<'a>) {
+    fn route<'a>(&self, scope: Scope, key: Cow<'a, str>, raw: &'a str, row: &mut Row<'a>) {
         let id = match scope {
             Scope::Top => self.top_level(&key, row),
             Scope::Struct(parent) => self.nodes[parent].children.get(key.as_ref()).copied(),
@@ -199,7 +207,7 @@ impl Decoder {
             };
             row.identity = row
                 .identity
-                .wrapping_add(xxh3_128_with_seed(raw.get().as_bytes(), seed));
+                .wrapping_add(xxh3_128_with_seed(raw.as_bytes(), seed));
         }
         let Some(id) = id else {
             row.extra_at(scope, self, key, raw);
@@ -209,20 +217,43 @@ impl Decoder {
             row.extra_at(scope, self, key, raw);
             return;
         }
-        if matches!(self.nodes[id].kind, Kind::Struct(_)) && raw.get() != "null" {
-            let mut de = serde_json::Deserializer::from_str(raw.get());
-            let seed = ObjectSeed {
-                decoder: self,
-                scope: Scope::Struct(id),
-                row,
-            };
-            if seed.deserialize(&mut de).is_err() {
-                row.extra_at(scope, self, key, raw);
-                return;
-            }
+        if matches!(self.nodes[id].kind, Kind::Struct(_))
+            && raw != "null"
+            && self.visit_struct(id, raw, row).is_err()
+        {
+            row.extra_at(scope, self, key, raw);
+            return;
         }
         row.slots[id] = Some(raw);
         row.present[id] = true;
+    }
+
+    /// Route the entries of the object `raw` into the fields of struct node `id`. The fast
+    /// path collects them first, so a refusal leaves nothing half routed.
+    fn visit_struct<'a>(&self, id: usize, raw: &'a str, row: &mut Row<'a>) -> Result<(), ()> {
+        let mut entries = std::mem::take(&mut row.entries);
+        entries.clear();
+        let split = flat::split(raw, |key, value| entries.push((key, value)));
+        let visited = match split {
+            Some(()) => {
+                for &(key, value) in &entries {
+                    self.route(Scope::Struct(id), Cow::Borrowed(key), value, row);
+                }
+                Ok(())
+            }
+            None => {
+                let mut de = serde_json::Deserializer::from_str(raw);
+                ObjectSeed {
+                    decoder: self,
+                    scope: Scope::Struct(id),
+                    row,
+                }
+                .deserialize(&mut de)
+                .map_err(|_| ())
+            }
+        };
+        row.entries = entries;
+        visited
     }
 
     /// The node a top-level key names. Lines of one export list their keys in the same order,
@@ -242,7 +273,7 @@ impl Decoder {
 
     fn append(&self, id: usize, row: &mut Row<'_>, b: &mut Builders) {
         let node = &self.nodes[id];
-        let raw = row.slots[id].filter(|r| r.get() != "null");
+        let raw = row.slots[id].filter(|&r| r != "null");
         if let Kind::Struct(_) = node.kind {
             let any_child = node.child_order.iter().any(|&c| row.present[c]);
             b.nulls[id].push(raw.is_some() || any_child);
@@ -258,8 +289,7 @@ impl Decoder {
         if !fits {
             b.append_null(id, &node.kind);
             if let Some(raw) = raw {
-                row.extra_owned
-                    .push((node.path.clone(), raw.get().to_string()));
+                row.extra_owned.push((node.path.clone(), raw.to_string()));
             }
         }
     }
@@ -384,9 +414,11 @@ enum Scope {
 
 /// Per-row scratch space, reused across rows.
 struct Row<'a> {
-    slots: Vec<Option<&'a RawValue>>,
+    slots: Vec<Option<&'a str>>,
     present: Vec<bool>,
-    extra: Vec<(Cow<'a, str>, &'a RawValue)>,
+    extra: Vec<(Cow<'a, str>, &'a str)>,
+    /// Scratch space for the entries of a struct's object.
+    entries: Vec<(&'a str, &'a str)>,
     extra_owned: Vec<(String, String)>,
     /// The sum of the hashes of the fields that make the event's identity.
     identity: u128,
@@ -402,6 +434,7 @@ impl<'a> Row<'a> {
             slots: vec![None; n],
             present: vec![false; n],
             extra: Vec::new(),
+            entries: Vec::new(),
             extra_owned: Vec::new(),
             identity: 0,
             prev_key: n,
@@ -418,7 +451,7 @@ impl<'a> Row<'a> {
         self.prev_key = self.slots.len();
     }
 
-    fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a RawValue) {
+    fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a str) {
         let path = match scope {
             Scope::Top => key,
             Scope::Struct(parent) => Cow::Owned(format!("{}.{key}", d.nodes[parent].path)),
@@ -433,7 +466,7 @@ impl<'a> Row<'a> {
             out.append_null();
             return;
         }
-        let pairs = self.extra.iter().map(|(k, v)| (k.as_ref(), v.get())).chain(
+        let pairs = self.extra.iter().map(|(k, v)| (k.as_ref(), *v)).chain(
             self.extra_owned
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
@@ -477,7 +510,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(Key(key)) = map.next_key()? {
             let raw: &'de RawValue = map.next_value()?;
-            self.decoder.route(self.scope, key, raw, self.row);
+            self.decoder.route(self.scope, key, raw.get(), self.row);
         }
         Ok(())
     }
@@ -760,9 +793,9 @@ impl Builders {
     }
 
     /// Append `raw` to column `id`; false when it does not fit (nothing appended).
-    fn append(&mut self, id: usize, kind: &Kind, raw: &RawValue) -> bool {
+    fn append(&mut self, id: usize, kind: &Kind, raw: &str) -> bool {
         if let Kind::List(item_kind) = kind {
-            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw) else {
                 return false;
             };
             let Some(values) = items
@@ -784,7 +817,6 @@ impl Builders {
             self.nulls[id].push(true);
             return true;
         }
-        let raw = raw.get();
         match (&mut self.cols[id], kind) {
             (Builder::Utf8(b), Kind::Json) => {
                 b.append_value(raw);

@@ -1,6 +1,7 @@
 //! Conversion of Iterable's JSON into Arrow: schemas, timestamps and the line decoder.
 
 pub mod decode;
+mod flat;
 pub mod schema;
 pub mod timestamp;
 pub mod user_fields;
