@@ -23,6 +23,8 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, FieldRef, Fields};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use rustc_hash::FxHashMap;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -34,6 +36,9 @@ use super::timestamp::{from_epoch_millis, parse_instant};
 
 /// The key under which a line that is not a JSON object is kept in `_extra`.
 pub const MALFORMED_LINE: &str = "_malformed_line";
+/// The key under which a line that is not even UTF-8 is also kept, in base64: its text under
+/// [`MALFORMED_LINE`] has U+FFFD for the bytes that are not.
+pub const MALFORMED_LINE_BASE64: &str = "_malformed_line_base64";
 
 /// The fewest bytes per line the builders are sized for (builders grow past it if needed).
 const MIN_LINE_BYTES: usize = 64;
@@ -143,6 +148,12 @@ impl Decoder {
                 let text = String::from_utf8_lossy(line);
                 row.extra_owned
                     .push((MALFORMED_LINE.to_string(), json_string(&text)));
+                if let Cow::Owned(_) = text {
+                    row.extra_owned.push((
+                        MALFORMED_LINE_BASE64.to_string(),
+                        json_string(&BASE64_STANDARD.encode(line)),
+                    ));
+                }
             }
             for &id in &self.top {
                 self.append(id, &mut row, &mut b);
@@ -1041,7 +1052,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_spoils_only_its_own_line() {
+    fn a_line_that_is_not_utf8_spoils_only_itself_and_is_kept_byte_for_byte() {
         let schema = Arc::new(StreamSchema::parse("t", SCHEMA, true).unwrap());
         let d = Decoder::new(schema, 7, "emailSend")
             .decode(b"{\"email\":\"a\"}\n{\"email\":\"\xff\"}\n{\"email\":\"c\"}")
@@ -1050,10 +1061,12 @@ mod tests {
         assert_eq!(d.malformed, 1);
         let e = d.batch.column_by_name("email").unwrap().as_string::<i32>();
         assert_eq!((e.value(0), e.is_null(1), e.value(2)), ("a", true, "c"));
-        assert_eq!(
-            extra(&d, 1).unwrap(),
-            serde_json::json!({MALFORMED_LINE: "{\"email\":\"\u{fffd}\"}"})
-        );
+        let kept = extra(&d, 1).unwrap();
+        assert_eq!(kept[MALFORMED_LINE], "{\"email\":\"\u{fffd}\"}");
+        let bytes = BASE64_STANDARD
+            .decode(kept[MALFORMED_LINE_BASE64].as_str().unwrap())
+            .unwrap();
+        assert_eq!(bytes, b"{\"email\":\"\xff\"}");
     }
 
     #[test]
