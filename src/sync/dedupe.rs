@@ -114,20 +114,23 @@ impl StreamCtx<'_> {
                     .map(|f| &f.file)
                     .collect();
                 inputs.extend(new);
-                let batch = self.latest_per_key(b, &inputs).await?;
-                let mut writer = self.writer(
+                let batches = self.read_all(&inputs).await?;
+                let writer = self.writer(
                     self.stream.name,
                     Partitioning::Fixed(partition.clone()),
                     Some(self.cursor_column()),
                 );
-                if let Err(e) = writer.write(batch).await {
-                    writer.abort().await;
-                    return Err(format!("rewriting {partition}: {e}"));
-                }
-                let files = writer
-                    .finish()
-                    .await
-                    .map_err(|e| format!("rewriting {partition}: {e}"))?;
+                let (key, cursor) = (b.key.clone(), self.cursor_column());
+                let schema = self.schema.arrow.clone();
+                let handle = tokio::runtime::Handle::current();
+                // Deduplicating and encoding a bucket is CPU work: off the async workers, so
+                // the other streams' requests keep moving meanwhile.
+                let files = tokio::task::spawn_blocking(move || {
+                    handle.block_on(rewrite(writer, &schema, &key, cursor, batches))
+                })
+                .await
+                .map_err(|e| format!("a rewriting task stopped: {e}"))?
+                .map_err(|e| format!("rewriting {partition}: {e}"))?;
                 merged.files.extend(files);
                 merged.touched.insert(partition);
             }
@@ -144,51 +147,17 @@ impl StreamCtx<'_> {
         }
     }
 
-    /// The rows of `inputs` (oldest first), one per key: the latest by cursor, ties won by
-    /// the later input.
-    async fn latest_per_key(
-        &self,
-        b: &Bucketing,
-        inputs: &[&WrittenFile],
-    ) -> Result<RecordBatch, String> {
-        let schema = self.schema.arrow.clone();
+    /// The batches of `inputs` in order, each with the stream's schema and its input's index.
+    async fn read_all(&self, inputs: &[&WrittenFile]) -> Result<Vec<(usize, RecordBatch)>, String> {
         let mut batches = Vec::new();
-        let mut rank = Vec::new();
         for (i, f) in inputs.iter().enumerate() {
             for batch in self.read(f).await? {
-                rank.extend(std::iter::repeat_n(i, batch.num_rows()));
-                batches.push(conform(&batch, &schema).map_err(|e| format!("{}: {e}", f.path))?);
+                let batch =
+                    conform(&batch, &self.schema.arrow).map_err(|e| format!("{}: {e}", f.path))?;
+                batches.push((i, batch));
             }
         }
-        let all = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
-        let keys = row_keys(&all, &b.key);
-        let cursor = all
-            .column(self.cursor_column())
-            .as_primitive::<TimestampMicrosecondType>();
-        let order = |row: usize| {
-            let at = if cursor.is_valid(row) {
-                cursor.value(row)
-            } else {
-                i64::MIN
-            };
-            (at, rank[row], row)
-        };
-        let mut best: HashMap<&str, usize> = HashMap::new();
-        let mut keep = Vec::new();
-        for (row, key) in keys.iter().enumerate() {
-            match key {
-                Some(k) => {
-                    let slot = best.entry(k.as_str()).or_insert(row);
-                    if order(row) > order(*slot) {
-                        *slot = row;
-                    }
-                }
-                None => keep.push(row as u32),
-            }
-        }
-        keep.extend(best.into_values().map(|r| r as u32));
-        keep.sort_unstable();
-        take_record_batch(&all, &UInt32Array::from(keep)).map_err(|e| e.to_string())
+        Ok(batches)
     }
 
     async fn read(&self, f: &WrittenFile) -> Result<Vec<RecordBatch>, String> {
@@ -228,6 +197,67 @@ impl StreamCtx<'_> {
             let _ = lake.store.delete(&o.location).await;
         }
     }
+}
+
+/// Write the rows of `batches` one per key into `writer`, and finish it.
+async fn rewrite(
+    mut writer: PartitionedWriter,
+    schema: &SchemaRef,
+    key: &[usize],
+    cursor: usize,
+    batches: Vec<(usize, RecordBatch)>,
+) -> Result<Vec<WrittenFile>, String> {
+    let batch = latest_per_key(schema, key, cursor, batches)?;
+    if let Err(e) = writer.write(batch).await {
+        writer.abort().await;
+        return Err(e.to_string());
+    }
+    writer.finish().await.map_err(|e| e.to_string())
+}
+
+/// The rows of `batches` (each with its input's index, oldest input first), one per key: the
+/// latest by `cursor`, ties won by the later input.
+fn latest_per_key(
+    schema: &SchemaRef,
+    key: &[usize],
+    cursor: usize,
+    batches: Vec<(usize, RecordBatch)>,
+) -> Result<RecordBatch, String> {
+    let mut rank = Vec::new();
+    for (i, batch) in &batches {
+        rank.extend(std::iter::repeat_n(*i, batch.num_rows()));
+    }
+    let batches: Vec<RecordBatch> = batches.into_iter().map(|(_, b)| b).collect();
+    let all = concat_batches(schema, &batches).map_err(|e| e.to_string())?;
+    drop(batches);
+    let keys = row_keys(&all, key);
+    let cursor = all
+        .column(cursor)
+        .as_primitive::<TimestampMicrosecondType>();
+    let order = |row: usize| {
+        let at = if cursor.is_valid(row) {
+            cursor.value(row)
+        } else {
+            i64::MIN
+        };
+        (at, rank[row], row)
+    };
+    let mut best: HashMap<&str, usize> = HashMap::new();
+    let mut keep = Vec::new();
+    for (row, key) in keys.iter().enumerate() {
+        match key {
+            Some(k) => {
+                let slot = best.entry(k.as_str()).or_insert(row);
+                if order(row) > order(*slot) {
+                    *slot = row;
+                }
+            }
+            None => keep.push(row as u32),
+        }
+    }
+    keep.extend(best.into_values().map(|r| r as u32));
+    keep.sort_unstable();
+    take_record_batch(&all, &UInt32Array::from(keep)).map_err(|e| e.to_string())
 }
 
 /// `batch` with `schema`'s columns: files of an older schema version lack the custom
