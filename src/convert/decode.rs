@@ -3,9 +3,11 @@
 //! Each line is split once into keys and raw JSON values ([`flat::split`], or serde_json for
 //! what that fast path refuses), each value routed to the declared column it names (dotted
 //! keys such as `itblInternal.emailDomain` reach the struct field), converted with lossless
-//! coercions only, and appended to that column's builder. What the schema does not declare, and what does not fit, is written verbatim into
-//! `_extra` as a JSON object, so nothing the API sent is lost. A line that is not a JSON object
-//! becomes a row whose `_extra` holds it under `_malformed_line`, and is counted.
+//! coercions only, and appended to that column's builder. What the schema does not declare,
+//! and what does not fit, is written verbatim into `_extra` as a JSON object, so nothing the
+//! API sent is lost. A line that is not a JSON object becomes a row whose `_extra` holds it
+//! under `_malformed_line` (and, if it is not UTF-8, byte for byte under
+//! `_malformed_line_base64`), and is counted.
 //!
 //! A [`Decoder`] is built once per stream and window; `decode` is pure and may run on many
 //! threads at once, one chunk each.
