@@ -7,5 +7,5 @@ pub mod writer;
 pub use store::{LakeStore, StoreError};
 pub use writer::{
     FileNamer, PartitionedWriter, Partitioning, WriteError, WriterLimits, WrittenFile,
-    date_partition, day_of, file_properties, partition_day,
+    date_partition, day_of, file_properties, partition_day, spawn_encoding,
 };

@@ -416,6 +416,18 @@ impl PartitionedWriter {
     }
 }
 
+/// Run the future `work` makes (a writer's: encoding is CPU work, its uploads are async) on a
+/// blocking thread, so the runtime's workers keep serving requests meanwhile.
+pub fn spawn_encoding<W, F>(work: W) -> tokio::task::JoinHandle<F::Output>
+where
+    W: FnOnce() -> F + Send + 'static,
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(work()))
+}
+
 /// How a file whose first batch is `first` is written: zstd, page statistics, row groups of
 /// at most `limits.row_group_rows`, and no dictionary for [`distinct_columns`].
 pub fn file_properties(limits: &WriterLimits, first: &RecordBatch) -> WriterProperties {

@@ -26,7 +26,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::StreamCtx;
 use crate::manifest::LiveFile;
 use crate::sink::bucket::row_keys;
-use crate::sink::{PartitionedWriter, Partitioning, WriterLimits, WrittenFile};
+use crate::sink::{PartitionedWriter, Partitioning, WriterLimits, WrittenFile, spawn_encoding};
 
 /// The folder under the lake's root where deduped runs stage fetched rows.
 pub const STAGING_DIR: &str = "_staging";
@@ -120,17 +120,13 @@ impl StreamCtx<'_> {
                     Partitioning::Fixed(partition.clone()),
                     Some(self.cursor_column()),
                 );
-                let (key, cursor) = (b.key.clone(), self.cursor_column());
-                let schema = self.schema.arrow.clone();
-                let handle = tokio::runtime::Handle::current();
-                // Deduplicating and encoding a bucket is CPU work: off the async workers, so
-                // the other streams' requests keep moving meanwhile.
-                let files = tokio::task::spawn_blocking(move || {
-                    handle.block_on(rewrite(writer, &schema, &key, cursor, batches))
-                })
-                .await
-                .map_err(|e| format!("a rewriting task stopped: {e}"))?
-                .map_err(|e| format!("rewriting {partition}: {e}"))?;
+                // Deduplicating a bucket is CPU work too.
+                let (schema, key) = (self.schema.arrow.clone(), b.key.clone());
+                let cursor = self.cursor_column();
+                let files = spawn_encoding(move || rewrite(writer, schema, key, cursor, batches))
+                    .await
+                    .map_err(|e| format!("a rewriting task stopped: {e}"))?
+                    .map_err(|e| format!("rewriting {partition}: {e}"))?;
                 merged.files.extend(files);
                 merged.touched.insert(partition);
             }
@@ -202,12 +198,12 @@ impl StreamCtx<'_> {
 /// Write the rows of `batches` one per key into `writer`, and finish it.
 async fn rewrite(
     mut writer: PartitionedWriter,
-    schema: &SchemaRef,
-    key: &[usize],
+    schema: SchemaRef,
+    key: Vec<usize>,
     cursor: usize,
     batches: Vec<(usize, RecordBatch)>,
 ) -> Result<Vec<WrittenFile>, String> {
-    let batch = latest_per_key(schema, key, cursor, batches)?;
+    let batch = latest_per_key(&schema, &key, cursor, batches)?;
     if let Err(e) = writer.write(batch).await {
         writer.abort().await;
         return Err(e.to_string());
