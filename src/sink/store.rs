@@ -120,6 +120,26 @@ impl LakeStore {
         std::fs::canonicalize(local).ok()
     }
 
+    /// On local disk, flush the files at these lake-relative paths and their folders to the
+    /// disk (fsync), so a commit that names them survives a power loss; nothing elsewhere.
+    pub fn sync_local(&self, relative: &[&str]) -> std::io::Result<()> {
+        let Some(root) = self.local_dir() else {
+            return Ok(());
+        };
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in relative {
+            let file = root.join(p);
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// `path` relative to the lake's root.
     pub fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.root) {
