@@ -282,7 +282,8 @@ impl Manifest {
     }
 
     /// A run's first commit: its lease generation, on the newest manifest, so no run of an
-    /// older generation can commit after it. Returns the manifest it committed.
+    /// older generation can commit after it. Returns the manifest it committed, with
+    /// [`Manifest::recovered`] as loaded.
     pub async fn fence(
         lake: &LakeStore,
         run: &str,
@@ -290,9 +291,14 @@ impl Manifest {
     ) -> Result<Manifest, ManifestError> {
         loop {
             let mut manifest = Self::load(lake).await?;
+            let recovered = manifest.recovered;
             match manifest.commit(lake, run, fence).await {
                 Err(ManifestError::Conflict { .. }) => continue,
-                committed => return committed.map(|()| manifest),
+                committed => {
+                    committed?;
+                    manifest.recovered = recovered;
+                    return Ok(manifest);
+                }
             }
         }
     }

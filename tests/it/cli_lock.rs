@@ -685,3 +685,44 @@ async fn files_the_tool_did_not_write_are_never_deleted() {
     assert!(notes.is_file() && data.is_file());
     assert_exact(&fake, &manifest(&lake).await, true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_newest_manifest_falls_back_and_that_run_deletes_nothing() {
+    let fake = fake(39, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let streams = ["--streams", "email_send,users"];
+    let first = run(
+        &fake,
+        sync_args(&fake, &lake, "2024-01-03T00:00:00Z", &streams),
+    )
+    .await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    // A power loss tore the newest version; a killed run left a file behind.
+    let newest = files_in(&lake.join("_manifest")).pop().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 3]).unwrap();
+    let leftover =
+        lake.join("email_send/date=2024-01-02/part-20240105T010203Z-0a1b2c-00000.parquet");
+    std::fs::write(&leftover, b"PAR1 half a file").unwrap();
+
+    let second = run(&fake, sync_args(&fake, &lake, END, &streams)).await;
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let logs = text(&second);
+    assert!(
+        logs.contains("the newest manifest version is unreadable"),
+        "{logs}"
+    );
+    assert!(logs.contains("deleting nothing this run"), "{logs}");
+    assert!(leftover.is_file(), "a recovering run deletes nothing");
+    let m = manifest(&lake).await;
+    assert_named_files_exist(&lake, &m);
+    assert_exact(&fake, &m, false);
+
+    let third = run(&fake, sync_args(&fake, &lake, END, &streams)).await;
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    assert!(!leftover.exists(), "the next run removes it");
+    let m = manifest(&lake).await;
+    assert_exact(&fake, &m, false);
+    assert_only_live_files(&lake, &m);
+}
