@@ -561,6 +561,64 @@ fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef], before
     }
 }
 
+/// How a mode lays a dated stream's files out. Modes of one layout continue each other's
+/// cursor; a change of layout starts the stream over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileLayout {
+    /// `date=` folders: `incremental` and `full-refresh-overwrite`.
+    Dated,
+    /// `bucket=` folders: `incremental-deduped`.
+    Buckets,
+    /// `snapshot_date=` folders: `full-refresh-append`.
+    Snapshots,
+}
+
+fn layout_of(mode: SyncMode) -> FileLayout {
+    match mode {
+        SyncMode::Incremental | SyncMode::FullRefreshOverwrite => FileLayout::Dated,
+        SyncMode::IncrementalDeduped => FileLayout::Buckets,
+        SyncMode::FullRefreshAppend => FileLayout::Snapshots,
+    }
+}
+
+/// Whether a stream last synced in `from` continues from its cursor in `to`.
+fn same_layout(from: SyncMode, to: SyncMode) -> bool {
+    layout_of(from) == layout_of(to)
+}
+
+fn file_layout(stream: &str, f: &LiveFile) -> Option<FileLayout> {
+    let rest = f.file.path.strip_prefix(stream)?.strip_prefix('/')?;
+    [
+        ("date=", FileLayout::Dated),
+        ("bucket=", FileLayout::Buckets),
+        ("snapshot_date=", FileLayout::Snapshots),
+    ]
+    .into_iter()
+    .find_map(|(prefix, layout)| rest.starts_with(prefix).then_some(layout))
+}
+
+/// Put `s` in `mode`. When that changes the layout, start the stream over: forget its cursor,
+/// quarantined windows and pass checkpoint, and retire the files of every other layout
+/// (returned, to delete after the commit). Called in the commit that first writes in `mode`,
+/// so a switch happens whole or not at all.
+fn switch_layout(s: &mut StreamState, stream: &str, mode: SyncMode) -> Vec<String> {
+    let from = s.mode;
+    s.mode = mode;
+    if same_layout(from, mode) {
+        return Vec::new();
+    }
+    tracing::info!(stream, from = %from, to = %mode, "the mode's layout changed: starting the stream over and retiring the other layout's files");
+    s.cursor = None;
+    s.quarantine.clear();
+    s.checkpoint = None;
+    let to = layout_of(mode);
+    let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
+        .into_iter()
+        .partition(|f| file_layout(stream, f) != Some(to));
+    s.files = keep;
+    old.into_iter().map(|f| f.file.path).collect()
+}
+
 fn floor_day(micros: i64) -> i64 {
     day_of(micros) * MICROS_PER_DAY
 }
