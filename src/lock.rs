@@ -36,7 +36,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersio
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::LakeStore;
+use crate::sink::{Created, LakeStore};
 
 /// The folder of the leases, relative to the lake's root.
 pub const LOCK_DIR: &str = "_lock";
@@ -388,20 +388,11 @@ impl LakeLock {
             let generation = found.last().map_or(0, |f| f.generation).max(floor) + 1;
             let lease = Lease::new(run_id, Utc::now(), ttl);
             let body = serde_json::to_vec_pretty(&lease).expect("a lease serializes");
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            };
             let path = lake.path(&lease_name(generation));
             let sent = Instant::now();
-            let e_tag = match lake
-                .store
-                .put_opts(&path, PutPayload::from(body), opts)
-                .await
-            {
-                Ok(r) => r.e_tag,
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => continue,
+            let e_tag = match lake.create(&path, body.into()).await {
+                Ok(Created::Written { e_tag }) => e_tag,
+                Ok(Created::Taken) => continue,
                 Err(source) => {
                     return Err(LockError::Write {
                         dest: lake.display.clone(),

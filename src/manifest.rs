@@ -22,12 +22,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::SyncMode;
 use crate::lock::LeaseFence;
-use crate::sink::{LakeStore, WrittenFile};
+use crate::sink::{Created, LakeStore, WrittenFile};
 
 /// The folder of the manifest's versions, relative to the lake's root.
 pub const MANIFEST_DIR: &str = "_manifest";
@@ -341,18 +341,9 @@ impl Manifest {
             });
         }
         let body = serde_json::to_vec_pretty(&next).expect("the manifest serializes");
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match lake
-            .store
-            .put_opts(&version_path(lake, version), PutPayload::from(body), opts)
-            .await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {
+        match lake.create(&version_path(lake, version), body.into()).await {
+            Ok(Created::Written { .. }) => {}
+            Ok(Created::Taken) => {
                 return Err(ManifestError::Conflict {
                     dest: lake.display.clone(),
                     version,
