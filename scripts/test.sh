@@ -10,6 +10,7 @@
 #      ITERABLE_LAKE_TEST_S3=1
 #      ITERABLE_LAKE_PYTHON=<venv python>          (runs scripts/duckdb_query.py)
 #      ITERABLE_LAKE_DUCKDB_HTTPFS=<httpfs.duckdb_extension from the venv>
+#      ITERABLE_LAKE_DUCKDB_DELTA=<delta.duckdb_extension from the venv>
 # 3. Runs `cargo test "$@"` in the repo, stops moto (always), exits with cargo's status.
 #
 # Environment knobs: ITERABLE_LAKE_BOOTSTRAP_PYTHON (python used to make the venv; default
@@ -52,15 +53,21 @@ ensure_venv() {
 ensure_venv
 PY="$VENV/bin/python"
 
-HTTPFS="$("$PY" - <<'EOF'
-import pathlib, duckdb, duckdb_extension_httpfs
-p = (pathlib.Path(duckdb_extension_httpfs.__file__).parent / "extensions"
-     / f"v{duckdb.__version__}" / "httpfs.duckdb_extension")
+# The path of DuckDB's extension $1, shipped in the venv by the duckdb-extension-$1 wheel.
+duckdb_extension() {
+    "$PY" - "$1" <<'EOF'
+import importlib, pathlib, sys, duckdb
+name = sys.argv[1]
+module = importlib.import_module(f"duckdb_extension_{name}")
+p = (pathlib.Path(module.__file__).parent / "extensions"
+     / f"v{duckdb.__version__}" / f"{name}.duckdb_extension")
 if not p.is_file():
-    raise SystemExit(f"httpfs extension for DuckDB {duckdb.__version__} not found at {p}")
+    raise SystemExit(f"{name} extension for DuckDB {duckdb.__version__} not found at {p}")
 print(p)
 EOF
-)" || die "DuckDB httpfs extension missing from the venv"
+}
+HTTPFS="$(duckdb_extension httpfs)" || die "DuckDB httpfs extension missing from the venv"
+DELTA="$(duckdb_extension delta)" || die "DuckDB delta extension missing from the venv"
 
 # --- 2. moto S3 server --------------------------------------------------------------------
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/iterable-lake-test.XXXXXX")"
@@ -106,6 +113,7 @@ export AWS_DEFAULT_REGION=us-east-1
 export ITERABLE_LAKE_TEST_S3=1
 export ITERABLE_LAKE_PYTHON="$PY"
 export ITERABLE_LAKE_DUCKDB_HTTPFS="$HTTPFS"
+export ITERABLE_LAKE_DUCKDB_DELTA="$DELTA"
 
 # --- 3. cargo test ------------------------------------------------------------------------
 cd "$REPO"
