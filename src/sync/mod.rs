@@ -73,7 +73,8 @@ pub struct WindowPolicy {
     pub max_days: i64,
     /// Units are sized to hold about this many records.
     pub target_rows: u64,
-    /// Fetch attempts per unit (its windows' failures added up) before it is quarantined.
+    /// Fetch attempts per window (a split window's halves count their own) before the
+    /// rest of its unit is quarantined.
     pub max_attempts: u32,
     /// Windows are not split below this many seconds.
     pub min_window_secs: i64,

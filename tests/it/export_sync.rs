@@ -399,3 +399,105 @@ async fn email_unsubscribe_falls_back_to_the_spelling_the_server_accepts() {
         "one rejected request, then the accepted spelling for every window"
     );
 }
+
+/// A fake like `cfg` whose first `data.json` bodies of emailSend (all of them, in practice)
+/// longer than `after_bytes` are cut off there.
+async fn cutting_fake(mut cfg: FakeConfig, after_bytes: usize) -> FakeIterable {
+    cfg.faults.cut_off = Some(CutOff {
+        data_type: Some("emailSend".into()),
+        after_bytes,
+        first_requests: 100_000,
+    });
+    FakeIterable::start(cfg).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_day_that_needs_many_splits_lands_in_one_run() {
+    let mut cfg = FakeConfig::small(7);
+    cfg.events_per_day = 1000;
+    let end = t("2024-01-04T00:00:00Z");
+    let probe = FakeIterable::start(cfg.clone()).await.unwrap();
+    let body = probe.truth_body("emailSend", t(START), end).len();
+    let longest = probe
+        .truth_lines("emailSend", t(START), end)
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap();
+    // Only windows of about a sixteenth of the unit come back whole (and any window that
+    // holds the longest line).
+    let after_bytes = (body / 16).max(2 * longest);
+    assert!(
+        body / after_bytes >= 8,
+        "{body} bytes, lines up to {longest}"
+    );
+    let fake = cutting_fake(cfg, after_bytes).await;
+    fake.set_now(end);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let send = catalog::find("email_send").unwrap();
+    let report = sync(&fake, &lake, options(vec![send], START, end)).await;
+    let s = &report.streams[0];
+    assert!(
+        s.window_retries > u64::from(sync::WindowPolicy::default().max_attempts),
+        "more cut-offs than one unit used to be allowed: {s:?}"
+    );
+    assert_eq!(s.commits, 1, "{s:?}");
+    assert_exact(&fake, &lake, send, START, end).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_keeps_failing_commits_the_days_before_it_and_quarantines_only_the_rest() {
+    let mut cfg = FakeConfig::small(8);
+    cfg.days = 4;
+    let end = t("2024-01-05T00:00:00Z");
+    let healthy = FakeIterable::start(cfg.clone()).await.unwrap();
+    healthy.set_now(end);
+    let day = |i: i64| t(START) + chrono::Duration::days(i);
+    let sizes: Vec<usize> = (0..4)
+        .map(|i| healthy.truth_body("emailSend", day(i), day(i + 1)).len())
+        .collect();
+    // The first day heavier than every day before it: cut off however often it is read,
+    // while single days before it come back whole.
+    let heavy = (1..4)
+        .find(|&k| sizes[k] > *sizes[..k].iter().max().unwrap())
+        .unwrap_or_else(|| panic!("no day is heavier than the ones before it: {sizes:?}"));
+    let faulty = cutting_fake(cfg, *sizes[..heavy].iter().max().unwrap()).await;
+    faulty.set_now(end);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let send = catalog::find("email_send").unwrap();
+    let opts = || {
+        let mut o = options(vec![send], START, end);
+        o.window.initial_days = 4;
+        o.window.min_window_secs = 86_400;
+        o.window.max_attempts = 2;
+        o
+    };
+    let report = sync::run(lake.clone(), client(&faulty), opts())
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Quarantined, "{s:?}");
+    let q: Vec<_> = s.quarantined.iter().map(|q| (q.start, q.end)).collect();
+    assert_eq!(
+        q,
+        [(day(heavy as i64), end)],
+        "only the rest is quarantined"
+    );
+    let from = day(heavy as i64);
+    assert_eq!(
+        lake_contents(&lake, send).await,
+        truth(&healthy, send, START, from),
+        "the days before the heavy one are committed"
+    );
+    let manifest = Manifest::load(&lake).await.unwrap();
+    assert_eq!(manifest.streams["email_send"].quarantine.len(), 1);
+
+    // The next run reads only the quarantined rest, in one request.
+    sync(&healthy, &lake, opts()).await;
+    assert_eq!(healthy.requests("/api/export/data.json"), 1);
+    assert_exact(&healthy, &lake, send, START, end).await;
+    let manifest = Manifest::load(&lake).await.unwrap();
+    assert!(manifest.streams["email_send"].quarantine.is_empty());
+}
