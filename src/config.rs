@@ -88,6 +88,7 @@ pub struct Layer {
     pub list_users_requests_per_minute: Option<Given<i64>>,
     pub metrics_requests_per_minute: Option<Given<i64>>,
     pub events_max_users: Option<Given<i64>>,
+    pub min_replace_ratio: Option<Given<f64>>,
 }
 
 impl Layer {
@@ -115,6 +116,7 @@ impl Layer {
                 .metrics_requests_per_minute
                 .or(lower.metrics_requests_per_minute),
             events_max_users: self.events_max_users.or(lower.events_max_users),
+            min_replace_ratio: self.min_replace_ratio.or(lower.min_replace_ratio),
         }
     }
 
@@ -404,6 +406,15 @@ impl Layer {
             opts.events_max_users =
                 Some(usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(usize::MAX));
         }
+        if let Some(r) = &self.min_replace_ratio {
+            if !(0.0..=1.0).contains(&r.value) {
+                return Err(ConfigError::Invalid {
+                    origin: r.origin.clone(),
+                    problem: "must be from 0 (no guard) to 1".to_string(),
+                });
+            }
+            opts.min_replace_ratio = r.value;
+        }
         Ok(SyncConfig {
             dest: self.dest()?,
             api: self.api_settings()?,
@@ -466,6 +477,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "list_users_requests_per_minute",
     "metrics_requests_per_minute",
     "events_max_users",
+    "min_replace_ratio",
     "api_key_file",
     "api_key",
 ];
@@ -494,6 +506,18 @@ fn toml_integer(v: &toml::Value, origin: &Origin) -> Result<i64, ConfigError> {
         other => Err(ConfigError::Type {
             origin: origin.clone(),
             expected: "an integer",
+            found: other.type_str(),
+        }),
+    }
+}
+
+fn toml_number(v: &toml::Value, origin: &Origin) -> Result<f64, ConfigError> {
+    match v {
+        toml::Value::Float(f) => Ok(*f),
+        toml::Value::Integer(i) => Ok(*i as f64),
+        other => Err(ConfigError::Type {
+            origin: origin.clone(),
+            expected: "a number",
             found: other.type_str(),
         }),
     }
@@ -616,6 +640,9 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
                 layer.metrics_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
             "events_max_users" => layer.events_max_users = some(toml_integer(v, &origin)?, &origin),
+            "min_replace_ratio" => {
+                layer.min_replace_ratio = some(toml_number(v, &origin)?, &origin)
+            }
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
                 key_file = Some(Given::new(KeySpec::File(path), origin.clone()));
@@ -858,6 +885,7 @@ mod tests {
             export_requests_per_minute = 100
             metrics_requests_per_minute = 20
             events_max_users = 5000
+            min_replace_ratio = 0.25
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -887,6 +915,7 @@ mod tests {
         assert_eq!(cfg.api.export_requests_per_minute, Some(100));
         assert_eq!(cfg.api.metrics_requests_per_minute, Some(20));
         assert_eq!(cfg.options.events_max_users, Some(5000));
+        assert_eq!(cfg.options.min_replace_ratio, 0.25);
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );
@@ -911,6 +940,14 @@ mod tests {
         assert_eq!(
             err("dest = \"/l\"\napi_key = \"k\"\nlag = -1"),
             "lake.toml: lag: must be zero or more minutes"
+        );
+        assert_eq!(
+            err("dest = \"/l\"\napi_key = \"k\"\nmin_replace_ratio = 1.5"),
+            "lake.toml: min_replace_ratio: must be from 0 (no guard) to 1"
+        );
+        assert_eq!(
+            err("min_replace_ratio = \"half\""),
+            "lake.toml: min_replace_ratio: expected a number, found string"
         );
         assert_eq!(
             err("mode = \"sometimes\""),

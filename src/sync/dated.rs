@@ -8,8 +8,14 @@
 //! - A window that still fails ends its unit: the whole days fetched before it commit as a
 //!   unit of their own (in the deduped layout, everything fetched before it), and only the
 //!   rest is quarantined, so the next run does not fetch them again.
+//! - The replace guard: a commit of the dated layout replaces the live files of the date
+//!   partitions it read, so a read holding under `min_replace_ratio` of a partition's live
+//!   rows (a body cut short that still looked whole, an outage answering empty days) is not
+//!   committed but quarantined, and read again by the next run. Incremental-deduped merges
+//!   by key and never drops a key, so it needs no guard; a full refresh replaces the stream
+//!   by choice and is not guarded either.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::Instant;
 
@@ -20,7 +26,7 @@ use super::{
 };
 use crate::catalog::SyncMode;
 use crate::manifest::{LiveFile, Quarantined};
-use crate::sink::{Partitioning, WrittenFile, day_of, partition_day};
+use crate::sink::{Partitioning, WrittenFile, date_partition, day_of, partition_day};
 use crate::source::FetchError;
 use crate::source::export::{ExportFetcher, Window};
 
@@ -52,10 +58,85 @@ struct Pending {
     attempts: u32,
 }
 
+/// Live partitions holding fewer rows than this are not guarded against a short re-read:
+/// a few deleted users can halve them, and a guard that fires on every run would keep such
+/// a day quarantined for good.
+const GUARDED_PARTITION_ROWS: u64 = 20;
+
+/// A re-read that would replace date partitions with far fewer rows than they hold live.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "the re-read holds {read} rows for {partition} where {live} are live{more}, under \
+     --min-replace-ratio {ratio}; nothing of this window was committed, its live rows stay, \
+     and the next run reads it again (if the data really shrank, run once with \
+     --min-replace-ratio 0)"
+)]
+pub(super) struct ShortReread {
+    partition: String,
+    read: u64,
+    live: u64,
+    /// `, and N more partitions` when more are short.
+    more: String,
+    ratio: f64,
+}
+
 /// Whether `file` lies in a date partition of the dated layout in `days`: the files a unit
 /// over those days replaces (with the other layout's bucket files, which it retires).
 fn in_days(file: &LiveFile, days: &RangeInclusive<i64>) -> bool {
     !is_bucket_file(file) && partition_day(&file.file.partition).is_some_and(|d| days.contains(&d))
+}
+
+/// The replace guard: `Err` when `read`, the files of a re-read of `days`, holds under
+/// `ratio` of the rows `live` holds there (and the live rows are at least
+/// [`GUARDED_PARTITION_ROWS`]). `by_partition` (events, which never change date): each date
+/// partition on its own, since a body cut short empties the days after the cut whatever
+/// the days before it hold. Otherwise (users, whose row moves to the date of their latest
+/// update): all the days together, against every row read, wherever it landed.
+fn guard_replace(
+    read: &[WrittenFile],
+    live: &[LiveFile],
+    days: RangeInclusive<i64>,
+    ratio: f64,
+    by_partition: bool,
+) -> Result<(), ShortReread> {
+    let whole = format!(
+        "{} to {}",
+        date_partition(*days.start()),
+        date_partition(*days.end())
+    );
+    let key = |partition: &str| match by_partition {
+        true => partition.to_string(),
+        false => whole.clone(),
+    };
+    let mut rows: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for f in live.iter().filter(|f| in_days(f, &days)) {
+        rows.entry(key(&f.file.partition)).or_default().1 += f.file.rows;
+    }
+    for f in read {
+        if let Some(r) = rows.get_mut(&key(&f.partition)) {
+            r.0 += f.rows;
+        }
+    }
+    let short: Vec<(String, u64, u64)> = rows
+        .into_iter()
+        .filter(|(_, (read, live))| {
+            *live >= GUARDED_PARTITION_ROWS && (*read as f64) < ratio * *live as f64
+        })
+        .map(|(partition, (read, live))| (partition, read, live))
+        .collect();
+    let Some((partition, read, live)) = short.first().cloned() else {
+        return Ok(());
+    };
+    Err(ShortReread {
+        partition,
+        read,
+        live,
+        more: match short.len() {
+            1 => String::new(),
+            n => format!(", and {} more partitions", n - 1),
+        },
+        ratio,
+    })
 }
 
 impl StreamCtx<'_> {
@@ -254,16 +335,16 @@ impl StreamCtx<'_> {
             // commit replaces whole date partitions, so in the dated layout the prefix ends
             // at a day's start and the files of its last, partly read day go; the deduped
             // layout merges by key and keeps every row read.
-            let end = match (&failure, deduped) {
+            let mut end = match (&failure, deduped) {
                 (None, _) => unit.end,
                 (Some(_), true) => done,
                 (Some(_), false) => floor_day(done).max(unit.start),
             };
-            let (files, partial): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+            let (mut files, partial): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
                 deduped || partition_day(&f.partition).is_some_and(|d| d * MICROS_PER_DAY < end)
             });
             self.run.delete_files(&partial).await;
-            let rest = failure.map(|UnitFailure { error, attempts }| {
+            let mut rest = failure.map(|UnitFailure { error, attempts }| {
                 (
                     Window {
                         start: end,
@@ -273,6 +354,23 @@ impl StreamCtx<'_> {
                     attempts,
                 )
             });
+            if !deduped && end > unit.start {
+                let live = self.state().await.map(|s| s.files).unwrap_or_default();
+                let days = day_of(unit.start)..=day_of(end - 1);
+                let ratio = self.opts().min_replace_ratio;
+                if let Err(short) =
+                    guard_replace(&files, &live, days, ratio, self.stream.is_event())
+                {
+                    self.run.delete_files(&files).await;
+                    files.clear();
+                    let error = match rest {
+                        Some((_, e, _)) => format!("{short}; after it: {e}"),
+                        None => short.to_string(),
+                    };
+                    rest = Some((unit, error, 1));
+                    end = unit.start;
+                }
+            }
             let committed = end > unit.start;
             let (files, touched) = match &bucketing {
                 Some(b) if committed => {
@@ -463,6 +561,71 @@ mod tests {
     }
 
     const DAY: i64 = MICROS_PER_DAY;
+
+    fn written(day: i64, rows: u64) -> WrittenFile {
+        WrittenFile {
+            path: format!("s/{}/part-r-{rows}.parquet", date_partition(day)),
+            partition: date_partition(day),
+            rows,
+            bytes: 1,
+            min_cursor: None,
+            max_cursor: None,
+        }
+    }
+
+    fn live_file(day: i64, rows: u64) -> LiveFile {
+        LiveFile {
+            file: written(day, rows),
+            run: "r".into(),
+        }
+    }
+
+    #[test]
+    fn the_replace_guard_compares_each_partition_with_its_live_rows() {
+        let live = vec![
+            live_file(10, 60),
+            live_file(10, 40),
+            live_file(11, 100),
+            live_file(12, 100),
+        ];
+        // Day 12 is not replaced; day 11 is short, day 10 has half of its 100 rows.
+        let read = vec![written(10, 50), written(11, 30), written(13, 500)];
+        let err = guard_replace(&read, &live, 10..=11, 0.5, true).unwrap_err();
+        assert_eq!(
+            (
+                err.partition.as_str(),
+                err.read,
+                err.live,
+                err.more.as_str()
+            ),
+            ("date=1970-01-12", 30, 100, "")
+        );
+        assert!(err.to_string().contains("--min-replace-ratio 0.5"), "{err}");
+        assert!(guard_replace(&read, &live, 10..=10, 0.5, true).is_ok());
+        assert!(guard_replace(&read, &live, 10..=11, 0.3, true).is_ok());
+        assert!(
+            guard_replace(&[], &live, 10..=11, 0.0, true).is_ok(),
+            "0: no guard"
+        );
+        let err = guard_replace(&[], &live, 10..=12, 0.5, true).unwrap_err();
+        assert_eq!(err.more, ", and 2 more partitions");
+        // Nothing live (a first read), or a small day: nothing to guard.
+        assert!(guard_replace(&[], &[], 10..=12, 0.5, true).is_ok());
+        let small = vec![live_file(10, GUARDED_PARTITION_ROWS - 1)];
+        assert!(guard_replace(&[], &small, 10..=10, 0.5, true).is_ok());
+        // Bucket files of the other layout are retired, not compared.
+        let mut bucket = live_file(10, 100);
+        bucket.file.partition = "bucket=01".into();
+        assert!(guard_replace(&[], &[bucket], 10..=10, 0.5, true).is_ok());
+        // Users: rows that moved to a later day count for the days they left.
+        let moved = vec![written(10, 20), written(11, 20), written(13, 160)];
+        assert!(guard_replace(&moved, &live, 10..=11, 0.5, false).is_ok());
+        let err = guard_replace(&moved[..2], &live, 10..=11, 0.5, false).unwrap_err();
+        assert_eq!(
+            (err.partition.as_str(), err.read, err.live),
+            ("date=1970-01-11 to date=1970-01-12", 40, 200)
+        );
+    }
 
     #[test]
     fn units_shrink_after_a_cut_off() {

@@ -104,6 +104,9 @@ pub struct SyncOptions {
     pub lag: Duration,
     /// Days before the cursor's day that incremental runs read again (late events).
     pub lookback_days: i64,
+    /// A re-read holding under this share of the rows a date partition holds live is not
+    /// committed (quarantined instead); 0 turns the guard off.
+    pub min_replace_ratio: f64,
     /// Streams synced at once.
     pub concurrency: usize,
     pub window: WindowPolicy,
@@ -131,6 +134,7 @@ impl SyncOptions {
             end: None,
             lag: Duration::minutes(10),
             lookback_days: 1,
+            min_replace_ratio: 0.5,
             concurrency: 4,
             window: WindowPolicy::default(),
             limits: WriterLimits::default(),

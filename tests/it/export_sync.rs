@@ -501,3 +501,65 @@ async fn a_window_that_keeps_failing_commits_the_days_before_it_and_quarantines_
     let manifest = Manifest::load(&lake).await.unwrap();
     assert!(manifest.streams["email_send"].quarantine.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_reread_is_not_committed_and_is_read_again_next_run() {
+    let cfg = FakeConfig::small(9);
+    let good = FakeIterable::start(cfg.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let send = catalog::find("email_send").unwrap();
+    let t1 = t("2024-01-04T00:00:00Z");
+    good.set_now(t1);
+    sync(&good, &lake, options(vec![send], START, t1)).await;
+    let before = lake_contents(&lake, send).await;
+    assert_eq!(before, truth(&good, send, START, t1));
+
+    // The settling window's re-read of 2024-01-03 comes back with about a quarter of its rows.
+    let mut short_cfg = cfg.clone();
+    short_cfg.events_per_day /= 4;
+    let short = FakeIterable::start(short_cfg).await.unwrap();
+    let t2 = t("2024-01-04T12:00:00Z");
+    short.set_now(t2);
+    let report = sync::run(lake.clone(), client(&short), options(vec![send], START, t2))
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Quarantined, "{s:?}");
+    assert_eq!(s.commits, 1, "the quarantine is committed");
+    assert_eq!(s.quarantined.len(), 1);
+    assert_eq!(s.quarantined[0].start, t("2024-01-03T00:00:00Z"));
+    assert!(
+        s.quarantined[0].error.contains("date=2024-01-03")
+            && s.quarantined[0].error.contains("--min-replace-ratio"),
+        "{}",
+        s.quarantined[0].error
+    );
+    assert_eq!(
+        lake_contents(&lake, send).await,
+        before,
+        "the live rows stay"
+    );
+    assert_no_stray_files(&lake, send).await;
+    let manifest = Manifest::load(&lake).await.unwrap();
+    assert_eq!(manifest.streams["email_send"].quarantine.len(), 1);
+
+    // A ratio of 0 turns the guard off: the short read replaces the day.
+    let mut off = options(vec![send], START, t2);
+    off.min_replace_ratio = 0.0;
+    sync(&short, &lake, off).await;
+    let (_, counts) = lake_contents(&lake, send).await;
+    let day3 = NaiveDate::from_ymd_opt(2024, 1, 3).unwrap();
+    assert_eq!(
+        counts[&day3],
+        truth(&short, send, "2024-01-03T00:00:00Z", t2).1[&day3]
+    );
+
+    // A full read of the same day replaces it again, and the lake is exact.
+    let t3 = t("2024-01-05T00:00:00Z");
+    good.set_now(t3);
+    sync(&good, &lake, options(vec![send], START, t3)).await;
+    assert_exact(&good, &lake, send, START, t3).await;
+    let manifest = Manifest::load(&lake).await.unwrap();
+    assert!(manifest.streams["email_send"].quarantine.is_empty());
+}
