@@ -71,7 +71,7 @@ const GUARDED_PARTITION_ROWS: u64 = 20;
      and the next run reads it again (if the data really shrank, run once with \
      --min-replace-ratio 0)"
 )]
-pub(super) struct ShortReread {
+struct ShortReread {
     partition: String,
     read: u64,
     live: u64,

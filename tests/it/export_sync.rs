@@ -10,7 +10,7 @@ use arrow::array::AsArray;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use iterable_lake::api::{ApiClient, ApiError, Family};
-use iterable_lake::catalog::{self, StreamDef};
+use iterable_lake::catalog::{self, StreamDef, SyncMode};
 use iterable_lake::convert::{Decoder, StreamSchema};
 use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults};
 use iterable_lake::manifest::Manifest;
@@ -400,15 +400,84 @@ async fn email_unsubscribe_falls_back_to_the_spelling_the_server_accepts() {
     );
 }
 
-/// A fake like `cfg` whose first `data.json` bodies of emailSend (all of them, in practice)
-/// longer than `after_bytes` are cut off there.
-async fn cutting_fake(mut cfg: FakeConfig, after_bytes: usize) -> FakeIterable {
+/// A fake like `cfg` whose first `data.json` bodies of `data_type` (all of them, in
+/// practice) longer than `after_bytes` are cut off there.
+async fn cutting_fake(mut cfg: FakeConfig, data_type: &str, after_bytes: usize) -> FakeIterable {
     cfg.faults.cut_off = Some(CutOff {
-        data_type: Some("emailSend".into()),
+        data_type: Some(data_type.into()),
         after_bytes,
         first_requests: 100_000,
     });
     FakeIterable::start(cfg).await.unwrap()
+}
+
+/// The identities of the stream's live rows, sorted, whatever the layout.
+async fn live_identities(lake: &LakeStore, stream: &StreamDef) -> Vec<String> {
+    let mut ids: Vec<String> = live_batches(lake, stream.name)
+        .await
+        .iter()
+        .flat_map(|(_, batches)| batches.iter().flat_map(|b| identities(stream, b)))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A sync of `stream` in `mode` over four days, one unit, whose first day heavier than the
+/// days before it is cut off however often it is read (windows are not split below a day):
+/// the days before it commit, only it and the rest are quarantined, and the next run reads
+/// just that, in one request.
+async fn a_failing_day_keeps_the_days_before_it(seed: u64, stream: &str, mode: SyncMode) {
+    let send = catalog::find(stream).unwrap();
+    let data_type = send.data_type();
+    let mut cfg = FakeConfig::small(seed);
+    cfg.days = 4;
+    let end = t("2024-01-05T00:00:00Z");
+    let healthy = FakeIterable::start(cfg.clone()).await.unwrap();
+    healthy.set_now(end);
+    let day = |i: i64| t(START) + chrono::Duration::days(i);
+    let sizes: Vec<usize> = (0..4)
+        .map(|i| healthy.truth_body(data_type, day(i), day(i + 1)).len())
+        .collect();
+    // Single days before the heavy one come back whole; it never does.
+    let heavy = (1..4)
+        .find(|&k| sizes[k] > *sizes[..k].iter().max().unwrap())
+        .unwrap_or_else(|| panic!("no day is heavier than the ones before it: {sizes:?}"));
+    let faulty = cutting_fake(cfg, data_type, *sizes[..heavy].iter().max().unwrap()).await;
+    faulty.set_now(end);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let opts = || {
+        let mut o = options(vec![send], START, end);
+        o.mode = Some(mode);
+        o.window.initial_days = 4;
+        o.window.min_window_secs = 86_400;
+        o.window.max_attempts = 2;
+        o
+    };
+    let report = sync::run(lake.clone(), client(&faulty), opts())
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Quarantined, "{s:?}");
+    let from = day(heavy as i64);
+    let q: Vec<_> = s.quarantined.iter().map(|q| (q.start, q.end)).collect();
+    assert_eq!(q, [(from, end)], "only the rest is quarantined");
+    assert_eq!(
+        live_identities(&lake, send).await,
+        truth(&healthy, send, START, from).0,
+        "the days before the heavy one are committed"
+    );
+    let manifest = Manifest::load(&lake).await.unwrap();
+    assert_eq!(manifest.streams[stream].quarantine.len(), 1);
+
+    sync(&healthy, &lake, opts()).await;
+    assert_eq!(healthy.requests("/api/export/data.json"), 1);
+    assert_eq!(
+        live_identities(&lake, send).await,
+        truth(&healthy, send, START, end).0
+    );
+    let manifest = Manifest::load(&lake).await.unwrap();
+    assert!(manifest.streams[stream].quarantine.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +500,7 @@ async fn a_heavy_day_that_needs_many_splits_lands_in_one_run() {
         body / after_bytes >= 8,
         "{body} bytes, lines up to {longest}"
     );
-    let fake = cutting_fake(cfg, after_bytes).await;
+    let fake = cutting_fake(cfg, "emailSend", after_bytes).await;
     fake.set_now(end);
     let dir = tempfile::tempdir().unwrap();
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
@@ -448,58 +517,12 @@ async fn a_heavy_day_that_needs_many_splits_lands_in_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_keeps_failing_commits_the_days_before_it_and_quarantines_only_the_rest() {
-    let mut cfg = FakeConfig::small(8);
-    cfg.days = 4;
-    let end = t("2024-01-05T00:00:00Z");
-    let healthy = FakeIterable::start(cfg.clone()).await.unwrap();
-    healthy.set_now(end);
-    let day = |i: i64| t(START) + chrono::Duration::days(i);
-    let sizes: Vec<usize> = (0..4)
-        .map(|i| healthy.truth_body("emailSend", day(i), day(i + 1)).len())
-        .collect();
-    // The first day heavier than every day before it: cut off however often it is read,
-    // while single days before it come back whole.
-    let heavy = (1..4)
-        .find(|&k| sizes[k] > *sizes[..k].iter().max().unwrap())
-        .unwrap_or_else(|| panic!("no day is heavier than the ones before it: {sizes:?}"));
-    let faulty = cutting_fake(cfg, *sizes[..heavy].iter().max().unwrap()).await;
-    faulty.set_now(end);
-    let dir = tempfile::tempdir().unwrap();
-    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
-    let send = catalog::find("email_send").unwrap();
-    let opts = || {
-        let mut o = options(vec![send], START, end);
-        o.window.initial_days = 4;
-        o.window.min_window_secs = 86_400;
-        o.window.max_attempts = 2;
-        o
-    };
-    let report = sync::run(lake.clone(), client(&faulty), opts())
-        .await
-        .unwrap();
-    let s = &report.streams[0];
-    assert_eq!(s.status, StreamStatus::Quarantined, "{s:?}");
-    let q: Vec<_> = s.quarantined.iter().map(|q| (q.start, q.end)).collect();
-    assert_eq!(
-        q,
-        [(day(heavy as i64), end)],
-        "only the rest is quarantined"
-    );
-    let from = day(heavy as i64);
-    assert_eq!(
-        lake_contents(&lake, send).await,
-        truth(&healthy, send, START, from),
-        "the days before the heavy one are committed"
-    );
-    let manifest = Manifest::load(&lake).await.unwrap();
-    assert_eq!(manifest.streams["email_send"].quarantine.len(), 1);
+    a_failing_day_keeps_the_days_before_it(8, "email_send", SyncMode::Incremental).await;
+}
 
-    // The next run reads only the quarantined rest, in one request.
-    sync(&healthy, &lake, opts()).await;
-    assert_eq!(healthy.requests("/api/export/data.json"), 1);
-    assert_exact(&healthy, &lake, send, START, end).await;
-    let manifest = Manifest::load(&lake).await.unwrap();
-    assert!(manifest.streams["email_send"].quarantine.is_empty());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deduped_unit_given_up_midway_merges_what_it_read() {
+    a_failing_day_keeps_the_days_before_it(12, "users", SyncMode::IncrementalDeduped).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
