@@ -11,7 +11,9 @@
 //! - The replace guard: a commit of the dated layout replaces the live files of the date
 //!   partitions it read, so a read holding under `min_replace_ratio` of a partition's live
 //!   rows (a body cut short that still looked whole, an outage answering empty days) is not
-//!   committed but quarantined, and read again by the next run. Incremental-deduped merges
+//!   committed but quarantined, and read again by the next run. For `users`, whose rows move
+//!   to the day of their latest update, only reads that reach the run's end are guarded,
+//!   over their days together (see [`guard_replace`]). Incremental-deduped merges
 //!   by key and never drops a key, so it needs no guard; a full refresh replaces the stream
 //!   by choice and is not guarded either.
 
@@ -91,7 +93,9 @@ fn in_days(file: &LiveFile, days: &RangeInclusive<i64>) -> bool {
 /// [`GUARDED_PARTITION_ROWS`]). `by_partition` (events, which never change date): each date
 /// partition on its own, since a body cut short empties the days after the cut whatever
 /// the days before it hold. Otherwise (users, whose row moves to the date of their latest
-/// update): all the days together, against every row read, wherever it landed.
+/// update, always later): all the days together, against every row read, wherever it
+/// landed; the caller guards only reads that reach the run's end, which read every such
+/// user again.
 fn guard_replace(
     read: &[WrittenFile],
     live: &[LiveFile],
@@ -354,7 +358,11 @@ impl StreamCtx<'_> {
                     attempts,
                 )
             });
-            if !deduped && end > unit.start {
+            // A user's row moves to the day of their latest update, so the users live in
+            // the days replaced are all read again only by a read that reaches the run's
+            // end; a shorter one may rightly hold fewer and is not guarded.
+            let guarded = self.stream.is_event() || end == plan.end;
+            if !deduped && guarded && end > unit.start {
                 let live = self.state().await.map(|s| s.files).unwrap_or_default();
                 let days = day_of(unit.start)..=day_of(end - 1);
                 let ratio = self.opts().min_replace_ratio;

@@ -586,3 +586,23 @@ async fn a_short_reread_is_not_committed_and_is_read_again_next_run() {
     let manifest = Manifest::load(&lake).await.unwrap();
     assert!(manifest.streams["email_send"].quarantine.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_who_moved_to_later_days_do_not_trip_the_replace_guard() {
+    let fake = FakeIterable::start(FakeConfig::small(13)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let users = catalog::find("users").unwrap();
+    let t1 = t("2024-01-02T00:00:00Z");
+    fake.set_now(t1);
+    sync(&fake, &lake, options(vec![users], START, t1)).await;
+    // Read again in one-day units, the first of which does not reach the run's end: the
+    // users of 2024-01-01 who updated their profile since are read by the later units.
+    let t2 = t("2024-01-04T00:00:00Z");
+    fake.set_now(t2);
+    let mut opts = options(vec![users], START, t2);
+    opts.window.initial_days = 1;
+    opts.window.target_rows = 1;
+    sync(&fake, &lake, opts).await;
+    assert_exact(&fake, &lake, users, START, t2).await;
+}
