@@ -77,8 +77,8 @@ pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
     /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
-    /// table_format, retain_removed, api_key_file, api_key). Flags and environment variables
-    /// win over it.
+    /// min_replace_ratio, table_format, retain_removed, api_key_file, api_key). Flags and
+    /// environment variables win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Read settings from an Airbyte source-iterable config (JSON keys api_key, start_date,
@@ -178,6 +178,12 @@ pub struct SyncArgs {
     /// continues the pass from its checkpoint [default: no limit].
     #[arg(long, value_name = "N")]
     pub events_max_users: Option<u64>,
+    /// An incremental re-read of a date partition holding under this share of the rows it
+    /// holds live is not committed: it is quarantined and read again by the next run
+    /// (exit 2). 0 turns this guard off, e.g. for one run after data was really deleted
+    /// [default: 0.5].
+    #[arg(long, value_name = "RATIO")]
+    pub min_replace_ratio: Option<f64>,
     /// When another run holds the lake's lock, wait this long for it (e.g. 90s, 30m, 2h)
     /// before giving up with exit 75 [default: 0, give up at once].
     #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
@@ -238,6 +244,9 @@ impl SyncArgs {
             retain_removed: self
                 .retain_removed
                 .map(|d| Given::flag("--retain-removed", i64::from(d))),
+            min_replace_ratio: self
+                .min_replace_ratio
+                .map(|v| Given::flag("--min-replace-ratio", v)),
             ..self.source.layer()
         }
     }
@@ -421,6 +430,8 @@ mod tests {
             "0",
             "--concurrency",
             "2",
+            "--min-replace-ratio",
+            "0.25",
         ])
         .unwrap();
         let Command::Sync(args) = cli.command else {
@@ -433,6 +444,11 @@ mod tests {
         assert_eq!(layer.endpoint.unwrap().value, Endpoint::Region(Region::Eu));
         assert_eq!(layer.lag.unwrap().value, 0);
         assert_eq!(layer.concurrency.unwrap().value, 2);
+        let ratio = layer.min_replace_ratio.unwrap();
+        assert_eq!(
+            (ratio.value, ratio.origin),
+            (0.25, crate::config::Origin::Flag("--min-replace-ratio"))
+        );
         assert!(layer.key.is_none() && layer.lookback.is_none());
     }
 

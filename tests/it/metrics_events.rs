@@ -387,6 +387,121 @@ async fn a_pass_that_fails_midway_resumes_after_its_last_checkpoint() {
     );
 }
 
+/// The ids of the fake's lists.
+fn list_ids(fake: &FakeIterable) -> Vec<i64> {
+    fake.truth_lists()
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// A fake with the same data as `healthy` whose `getUsers` fails for `lists`.
+async fn failing(healthy: &FakeIterable, lists: Vec<i64>) -> FakeIterable {
+    let mut cfg = healthy.config().clone();
+    cfg.faults.failing_lists = lists;
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(NOW.parse().unwrap());
+    fake
+}
+
+/// A run whose lists (some or all) fail: `events` is quarantined, reads no user and commits
+/// nothing, so the manifest's `events` state is unchanged.
+async fn sync_commits_nothing(fake: &FakeIterable, lake: &LakeStore, opts: SyncOptions) {
+    let before = Manifest::load(lake).await.unwrap().streams["events"].clone();
+    let report = sync::run(lake.clone(), client(fake), opts).await.unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Quarantined);
+    assert_eq!(
+        s.quarantined.len(),
+        fake.config().faults.failing_lists.len()
+    );
+    assert!(
+        s.quarantined[0].error.contains("nothing was committed"),
+        "{s:?}"
+    );
+    assert_eq!(s.commits, 0);
+    assert_eq!(fake.requests("/api/export/userEvents"), 0);
+    assert_eq!(
+        Manifest::load(lake).await.unwrap().streams["events"],
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_lists_neither_start_nor_complete_a_pass() {
+    let healthy = FakeIterable::start(FakeConfig::small(35)).await.unwrap();
+    healthy.set_now(NOW.parse().unwrap());
+    let users = members(&healthy);
+    let all = truth_event_ids(&healthy, &users);
+    let lists = list_ids(&healthy);
+    assert!(lists.len() > 1, "{lists:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    sync(&healthy, &lake, options("events")).await;
+    assert_eq!(lake_event_ids(&lake).await, all);
+
+    // Every list failing, or one: the previous pass stays live, whole.
+    let outage = failing(&healthy, lists.clone()).await;
+    sync_commits_nothing(&outage, &lake, options("events")).await;
+    assert_eq!(lake_event_ids(&lake).await, all);
+    let one = failing(&healthy, vec![lists[0]]).await;
+    sync_commits_nothing(&one, &lake, options("events")).await;
+    assert_eq!(lake_event_ids(&lake).await, all);
+
+    // A pass in progress does not continue from a partial member set either, and continues
+    // after its checkpoint once every list reads.
+    let mut first = options("events");
+    first.events_batch_users = 30;
+    first.events_max_users = Some(30);
+    let started = FakeIterable::start(healthy.config().clone()).await.unwrap();
+    started.set_now(NOW.parse().unwrap());
+    sync(&started, &lake, first).await;
+    assert_eq!(
+        lake_event_ids(&lake).await,
+        truth_event_ids(&healthy, &users[..30])
+    );
+    let mut resumed = options("events");
+    resumed.events_batch_users = 30;
+    let one = failing(&healthy, vec![lists[1]]).await;
+    sync_commits_nothing(&one, &lake, resumed.clone()).await;
+    let rest = FakeIterable::start(healthy.config().clone()).await.unwrap();
+    rest.set_now(NOW.parse().unwrap());
+    sync(&rest, &lake, resumed).await;
+    assert_eq!(
+        rest.requests("/api/export/userEvents"),
+        (users.len() - 30) as u64
+    );
+    assert_eq!(lake_event_ids(&lake).await, all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_without_members_fail_events_and_commit_nothing() {
+    let mut cfg = FakeConfig::small(36);
+    cfg.users = 0;
+    let empty = FakeIterable::start(cfg).await.unwrap();
+    empty.set_now(NOW.parse().unwrap());
+    assert!(members(&empty).is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let report = sync::run(lake.clone(), client(&empty), options("events"))
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert!(
+        matches!(&s.status, StreamStatus::Failed(e) if e.contains("no list has any member")),
+        "{:?}",
+        s.status
+    );
+    assert_eq!(s.commits, 0);
+    assert!(
+        !Manifest::load(&lake)
+            .await
+            .unwrap()
+            .streams
+            .contains_key("events")
+    );
+}
+
 #[test]
 fn events_are_opt_in() {
     let names = |streams: Vec<&'static StreamDef>| -> Vec<&str> {
