@@ -88,6 +88,7 @@ pub struct Layer {
     pub list_users_requests_per_minute: Option<Given<i64>>,
     pub metrics_requests_per_minute: Option<Given<i64>>,
     pub events_max_users: Option<Given<i64>>,
+    pub dedupe_memory_mib: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -115,6 +116,7 @@ impl Layer {
                 .metrics_requests_per_minute
                 .or(lower.metrics_requests_per_minute),
             events_max_users: self.events_max_users.or(lower.events_max_users),
+            dedupe_memory_mib: self.dedupe_memory_mib.or(lower.dedupe_memory_mib),
         }
     }
 
@@ -404,6 +406,13 @@ impl Layer {
             opts.events_max_users =
                 Some(usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(usize::MAX));
         }
+        if let Some(n) = &self.dedupe_memory_mib {
+            let mib = at_least(n, 1, "at least 1 (MiB)")?;
+            opts.dedupe_memory = usize::try_from(mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .unwrap_or(usize::MAX);
+        }
         Ok(SyncConfig {
             dest: self.dest()?,
             api: self.api_settings()?,
@@ -466,6 +475,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "list_users_requests_per_minute",
     "metrics_requests_per_minute",
     "events_max_users",
+    "dedupe_memory_mib",
     "api_key_file",
     "api_key",
 ];
@@ -616,6 +626,9 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
                 layer.metrics_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
             "events_max_users" => layer.events_max_users = some(toml_integer(v, &origin)?, &origin),
+            "dedupe_memory_mib" => {
+                layer.dedupe_memory_mib = some(toml_integer(v, &origin)?, &origin)
+            }
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
                 key_file = Some(Given::new(KeySpec::File(path), origin.clone()));
@@ -858,6 +871,7 @@ mod tests {
             export_requests_per_minute = 100
             metrics_requests_per_minute = 20
             events_max_users = 5000
+            dedupe_memory_mib = 64
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -887,6 +901,7 @@ mod tests {
         assert_eq!(cfg.api.export_requests_per_minute, Some(100));
         assert_eq!(cfg.api.metrics_requests_per_minute, Some(20));
         assert_eq!(cfg.options.events_max_users, Some(5000));
+        assert_eq!(cfg.options.dedupe_memory, 64 << 20);
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );
