@@ -13,20 +13,31 @@
 //! a run reads and writes what changed plus the buckets it falls in, never the whole table.
 //! Rows without any key value cannot be deduplicated and are kept as they come, in bucket 0.
 //!
+//! A key can change: a user known by userId only (`userId:…`) who gains an email is keyed
+//! `email:…` from then on, in another bucket. A staged row keyed by an email that carries a
+//! userId therefore retires the `userId:…` row of that user if it is not later, in whatever
+//! bucket it lies; such a bucket is rewritten too, found by its files' statistics (only rows
+//! without an email can be keyed by userId) and then a read of its key columns. An email
+//! that changes is not linked to the old one (the export does not say an email is gone), so
+//! the old email's row stays.
+//!
 //! [`merge`]: crate::sink::merge
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use arrow::array::{Array, ArrayRef, new_null_array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, new_null_array};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
 
 use super::StreamCtx;
 use crate::manifest::LiveFile;
+use crate::sink::bucket::{bucket_of, bucket_partition, replaced_keys, row_keys};
 use crate::sink::merge::KeyedMerge;
 use crate::sink::store::LakeFileReader;
 use crate::sink::{
@@ -95,7 +106,8 @@ impl StreamCtx<'_> {
     }
 
     /// Rewrite each bucket `staged` touches from its `live` files and the staged rows, then
-    /// delete the staged files.
+    /// delete the staged files. A bucket whose live files hold a key that a staged row
+    /// replaces ([`replaced_keys`]) is rewritten too, without that key.
     pub(super) async fn merge_buckets(
         &self,
         b: &Bucketing,
@@ -110,6 +122,18 @@ impl StreamCtx<'_> {
             let mut by_bucket: BTreeMap<String, Vec<&WrittenFile>> = BTreeMap::new();
             for f in &staged {
                 by_bucket.entry(f.partition.clone()).or_default().push(f);
+            }
+            let mut retire = self.replaced(b, &staged).await?;
+            for (partition, keys) in &retire {
+                if by_bucket.contains_key(partition) {
+                    continue;
+                }
+                for f in live.iter().filter(|f| &f.file.partition == partition) {
+                    if self.holds_any(b, &f.file, keys).await? {
+                        by_bucket.entry(partition.clone()).or_default();
+                        break;
+                    }
+                }
             }
             for (partition, mut new) in by_bucket {
                 new.sort_by(|x, y| x.path.cmp(&y.path));
@@ -129,7 +153,7 @@ impl StreamCtx<'_> {
                     b.key.clone(),
                     self.cursor_column(),
                     self.opts().dedupe_memory,
-                    HashMap::new(),
+                    retire.remove(&partition).unwrap_or_default(),
                 );
                 let lake = self.run.lake.clone();
                 // Deduplicating a bucket is CPU work too.
@@ -151,6 +175,100 @@ impl StreamCtx<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// The keys `staged` rows replace ([`replaced_keys`]), each with the latest cursor of
+    /// the rows replacing it, by the bucket the key falls in.
+    async fn replaced(
+        &self,
+        b: &Bucketing,
+        staged: &[WrittenFile],
+    ) -> Result<BTreeMap<String, HashMap<String, i64>>, String> {
+        let mut out: BTreeMap<String, HashMap<String, i64>> = BTreeMap::new();
+        if b.key.len() < 2 {
+            return Ok(out);
+        }
+        let mut columns = self.key_names(b);
+        columns.push(self.stream.cursor_field);
+        for f in staged {
+            let mut batches = open(&self.run.lake, f, Some(&columns)).await?;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .map_err(|e| format!("reading {}: {e}", f.path))?
+            {
+                let key = positions(&batch, &columns[..columns.len() - 1]);
+                let cursor = batch
+                    .column_by_name(self.stream.cursor_field)
+                    .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
+                for (row, keys) in replaced_keys(&batch, &key).into_iter().enumerate() {
+                    let at = match &cursor {
+                        Some(c) if c.is_valid(row) => c.value(row),
+                        _ => i64::MIN,
+                    };
+                    for k in keys {
+                        let bucket = bucket_of(Some(&k), b.buckets);
+                        let until = out
+                            .entry(bucket_partition(bucket, b.buckets))
+                            .or_default()
+                            .entry(k)
+                            .or_insert(at);
+                        *until = (*until).max(at);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the live file `f` may hold one of `keys`. Only rows whose first key column
+    /// is null can be keyed by a later column, so a file whose statistics say it has none is
+    /// not read.
+    async fn holds_any(
+        &self,
+        b: &Bucketing,
+        f: &WrittenFile,
+        keys: &HashMap<String, i64>,
+    ) -> Result<bool, String> {
+        let columns = self.key_names(b);
+        let reader = self.run.lake.parquet_reader(&f.path, f.bytes);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| format!("reading {}: {e}", f.path))?;
+        let first = columns[0];
+        let no_nulls = builder.metadata().row_groups().iter().all(|rg| {
+            rg.columns().iter().any(|c| {
+                c.column_path().string() == first
+                    && c.statistics().and_then(|s| s.null_count_opt()) == Some(0)
+            })
+        });
+        if no_nulls {
+            return Ok(false);
+        }
+        let mut batches =
+            project(builder, &columns).map_err(|e| format!("reading {}: {e}", f.path))?;
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .map_err(|e| format!("reading {}: {e}", f.path))?
+        {
+            let key = positions(&batch, &columns);
+            if row_keys(&batch, &key)
+                .iter()
+                .flatten()
+                .any(|k| keys.contains_key(k))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn key_names(&self, b: &Bucketing) -> Vec<&str> {
+        b.key
+            .iter()
+            .map(|&c| self.schema.arrow.field(c).name().as_str())
+            .collect()
     }
 
     /// Delete the staging folders other runs left (crashed ones: the run holds the lake's
@@ -185,7 +303,7 @@ async fn rewrite(
     let result = async {
         let schema = merge.schema().clone();
         for f in &inputs {
-            let mut batches = open(&lake, f).await?;
+            let mut batches = open(&lake, f, None).await?;
             while let Some(batch) = batches
                 .try_next()
                 .await
@@ -213,15 +331,46 @@ async fn rewrite(
     }
 }
 
-/// The batches of the lake's file `f`, read a row group at a time.
+/// The batches of the lake's file `f`, read a row group at a time, with only `columns`
+/// when given.
 async fn open(
     lake: &LakeStore,
     f: &WrittenFile,
+    columns: Option<&[&str]>,
 ) -> Result<ParquetRecordBatchStream<LakeFileReader>, String> {
-    ParquetRecordBatchStreamBuilder::new(lake.parquet_reader(&f.path, f.bytes))
+    let builder = ParquetRecordBatchStreamBuilder::new(lake.parquet_reader(&f.path, f.bytes))
         .await
-        .and_then(|b| b.build())
-        .map_err(|e| format!("reading {}: {e}", f.path))
+        .map_err(|e| format!("reading {}: {e}", f.path))?;
+    let result = match columns {
+        Some(columns) => project(builder, columns),
+        None => builder.build(),
+    };
+    result.map_err(|e| format!("reading {}: {e}", f.path))
+}
+
+/// The builder's stream of only `columns` (those the file has), in the file's order.
+fn project(
+    builder: ParquetRecordBatchStreamBuilder<LakeFileReader>,
+    columns: &[&str],
+) -> Result<ParquetRecordBatchStream<LakeFileReader>, ParquetError> {
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    builder.with_projection(mask).build()
+}
+
+/// The positions in `batch` of the `columns` it has, in their order.
+fn positions(batch: &RecordBatch, columns: &[&str]) -> Vec<usize> {
+    columns
+        .iter()
+        .filter_map(|c| batch.schema().index_of(c).ok())
+        .collect()
 }
 
 /// `batch` with `schema`'s columns: files of an older schema version lack the custom
