@@ -315,6 +315,15 @@ async fn rewrite(
                 }
             }
         }
+        let runs = merge.spilled_runs();
+        if runs > 0 {
+            let partition = inputs.first().map_or("", |f| f.partition.as_str());
+            tracing::info!(
+                partition,
+                runs,
+                "the bucket is larger than the merge's memory: merged through temporary files"
+            );
+        }
         for batch in merge.finish().map_err(|e| e.to_string())? {
             let batch = batch.map_err(|e| e.to_string())?;
             writer.write(batch).await.map_err(|e| e.to_string())?;

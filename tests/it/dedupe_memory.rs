@@ -48,7 +48,7 @@ async fn sync_at(fake: &FakeIterable, lake: &LakeStore, now: DateTime<Utc>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a memory measurement: 200,000 users, about a minute in a release build"]
+#[ignore = "a memory measurement: 200,000 users, about two minutes in a debug build"]
 async fn a_big_bucket_merges_in_bounded_memory() {
     let fake = FakeIterable::start(FakeConfig {
         users: 200_000,
