@@ -203,8 +203,8 @@ impl KeyedMerge {
     pub fn finish(mut self) -> Result<MergedRows, MergeError> {
         let last = SortedChunk::new(std::mem::take(&mut self.chunk));
         let row_bytes = (self.bytes / self.rows.max(1)).max(1) as usize;
-        // A run being read holds a page of each column and a batch: at most half of what
-        // the readers may use each.
+        // The run readers share the half of `memory` the last chunk leaves: each holds a
+        // page of every column and a batch of rows, a half of its share each.
         let pages = self.run_schema.fields().len() * PAGE_BYTES;
         let fan_in = (self.memory / 2 / (2 * pages)).max(2);
         while self.runs.len() + 1 > fan_in {
