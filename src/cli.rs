@@ -77,8 +77,8 @@ pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
     /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
-    /// min_replace_ratio, table_format, retain_removed, api_key_file, api_key). Flags and
-    /// environment variables win over it.
+    /// min_replace_ratio, table_format, retain_removed, dedupe_memory_mib, api_key_file,
+    /// api_key). Flags and environment variables win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Read settings from an Airbyte source-iterable config (JSON keys api_key, start_date,
@@ -184,6 +184,10 @@ pub struct SyncArgs {
     /// [default: 0.5].
     #[arg(long, value_name = "RATIO")]
     pub min_replace_ratio: Option<f64>,
+    /// `incremental-deduped`: the memory (MiB) a bucket's merge holds rows in; a larger
+    /// bucket is merged in sorted runs through temporary files [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub dedupe_memory_mib: Option<u64>,
     /// When another run holds the lake's lock, wait this long for it (e.g. 90s, 30m, 2h)
     /// before giving up with exit 75 [default: 0, give up at once].
     #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
@@ -247,6 +251,9 @@ impl SyncArgs {
             min_replace_ratio: self
                 .min_replace_ratio
                 .map(|v| Given::flag("--min-replace-ratio", v)),
+            dedupe_memory_mib: self
+                .dedupe_memory_mib
+                .map(|v| Given::flag("--dedupe-memory-mib", i64::try_from(v).unwrap_or(i64::MAX))),
             ..self.source.layer()
         }
     }

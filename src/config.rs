@@ -92,6 +92,7 @@ pub struct Layer {
     pub table_format: Option<Given<TableFormat>>,
     pub retain_removed: Option<Given<i64>>,
     pub min_replace_ratio: Option<Given<f64>>,
+    pub dedupe_memory_mib: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -122,6 +123,7 @@ impl Layer {
             table_format: self.table_format.or(lower.table_format),
             retain_removed: self.retain_removed.or(lower.retain_removed),
             min_replace_ratio: self.min_replace_ratio.or(lower.min_replace_ratio),
+            dedupe_memory_mib: self.dedupe_memory_mib.or(lower.dedupe_memory_mib),
         }
     }
 
@@ -426,6 +428,13 @@ impl Layer {
             }
             opts.min_replace_ratio = r.value;
         }
+        if let Some(n) = &self.dedupe_memory_mib {
+            let mib = at_least(n, 1, "at least 1 (MiB)")?;
+            opts.dedupe_memory = usize::try_from(mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .unwrap_or(usize::MAX);
+        }
         Ok(SyncConfig {
             dest: self.dest()?,
             api: self.api_settings()?,
@@ -491,6 +500,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "table_format",
     "retain_removed",
     "min_replace_ratio",
+    "dedupe_memory_mib",
     "api_key_file",
     "api_key",
 ];
@@ -675,6 +685,9 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
             "events_max_users" => layer.events_max_users = some(toml_integer(v, &origin)?, &origin),
             "min_replace_ratio" => {
                 layer.min_replace_ratio = some(toml_number(v, &origin)?, &origin)
+            }
+            "dedupe_memory_mib" => {
+                layer.dedupe_memory_mib = some(toml_integer(v, &origin)?, &origin)
             }
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
@@ -919,6 +932,7 @@ mod tests {
             metrics_requests_per_minute = 20
             events_max_users = 5000
             min_replace_ratio = 0.25
+            dedupe_memory_mib = 64
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -949,6 +963,7 @@ mod tests {
         assert_eq!(cfg.api.metrics_requests_per_minute, Some(20));
         assert_eq!(cfg.options.events_max_users, Some(5000));
         assert_eq!(cfg.options.min_replace_ratio, 0.25);
+        assert_eq!(cfg.options.dedupe_memory, 64 << 20);
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );

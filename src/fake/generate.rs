@@ -190,6 +190,9 @@ pub(crate) struct Generator {
     mid_ms: i64,
     end_ms: i64,
     people: Vec<Person>,
+    /// With `FakeConfig::identity_changes`: the identity of the users who change it at the
+    /// data range's middle, as their profile rows before it show it.
+    earlier: Vec<Option<Person>>,
     plans: Vec<Plan>,
     nested: Nested,
 }
@@ -198,9 +201,25 @@ pub(crate) struct Generator {
 struct Person {
     email: String,
     user_id: Option<String>,
-    email_json: Box<[u8]>,
+    /// `None`: a profile without an email (known by its userId only).
+    email_json: Option<Box<[u8]>>,
     user_id_json: Option<Box<[u8]>>,
-    domain_json: Box<[u8]>,
+    domain_json: Option<Box<[u8]>>,
+}
+
+impl Person {
+    fn new(email: Option<String>, user_id: Option<String>) -> Person {
+        let domain = email
+            .as_deref()
+            .map(|e| e.rsplit('@').next().unwrap_or_default());
+        Person {
+            email_json: email.as_deref().map(json_literal),
+            user_id_json: user_id.as_deref().map(json_literal),
+            domain_json: domain.map(json_literal),
+            email: email.unwrap_or_default(),
+            user_id,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -229,6 +248,8 @@ enum Presence {
     Sometimes(u64),
     /// The user's userId; users without one: absent (70 %) or `null`.
     UserId,
+    /// The user's email; absent for a profile without one.
+    Email,
     /// Only when the cursor is at or after the data range's middle, then 60 % of the time.
     AfterMid,
 }
@@ -371,18 +392,26 @@ impl Generator {
         let end_ms = start_ms + cfg.days as i64 * DAY;
         let people = (0..cfg.users)
             .map(|i| {
-                let email = people::email(cfg.seed, i);
-                let user_id = people::user_id(cfg.seed, i);
-                let domain = email.rsplit('@').next().unwrap_or_default();
-                Person {
-                    email_json: json_literal(&email),
-                    user_id_json: user_id.as_deref().map(json_literal),
-                    domain_json: json_literal(domain),
-                    email,
-                    user_id,
-                }
+                Person::new(
+                    Some(people::email(cfg.seed, i)),
+                    people::user_id(cfg.seed, i),
+                )
             })
             .collect();
+        let earlier = match cfg.identity_changes {
+            true => (0..cfg.users)
+                .map(|i| {
+                    let user_id = people::user_id(cfg.seed, i)?;
+                    let email = people::email(cfg.seed, i);
+                    match i % 10 {
+                        3 => Some(Person::new(None, Some(user_id))),
+                        7 => Some(Person::new(Some(format!("was.{email}")), Some(user_id))),
+                        _ => None,
+                    }
+                })
+                .collect(),
+            false => Vec::new(),
+        };
         Generator {
             seed: cfg.seed,
             start_ms,
@@ -391,6 +420,7 @@ impl Generator {
             mid_ms: start_ms + (end_ms - start_ms) / 2,
             end_ms,
             people,
+            earlier,
             plans: catalog::export_streams().map(Plan::new).collect(),
             nested: Nested::new(),
         }
@@ -446,9 +476,13 @@ impl Generator {
         let mut scratch = Vec::new();
         self.scan(q, from, &mut |pos, rec| {
             line.clear();
+            let earlier = match plan.user && rec.cursor_ms < self.mid_ms {
+                true => self.earlier.get(rec.user as usize).and_then(Option::as_ref),
+                false => None,
+            };
             let mut ctx = Ctx {
                 rec,
-                person: &self.people[rec.user as usize],
+                person: earlier.unwrap_or(&self.people[rec.user as usize]),
                 nested: &self.nested,
                 mid_ms: self.mid_ms,
                 campaign: None,
@@ -737,7 +771,8 @@ impl Plan {
                         ..prop
                     };
                     let presence = match name.as_str() {
-                        "createdAt" | "email" => Presence::Always,
+                        "createdAt" => Presence::Always,
+                        "email" => Presence::Email,
                         "profileUpdatedAt" if user => Presence::Always,
                         "userId" => Presence::UserId,
                         _ => Presence::Usual,
@@ -942,6 +977,7 @@ fn write_object(
                 Some(_) => Some(true),
                 None => (rng.percent() >= 70).then_some(false),
             },
+            Presence::Email => ctx.person.email_json.is_some().then_some(true),
             Presence::AfterMid => {
                 (ctx.rec.cursor_ms >= ctx.mid_ms && rng.percent() < 60).then_some(true)
             }
@@ -977,12 +1013,18 @@ fn write_value(kind: &Gen, ctx: &mut Ctx, rng: &mut Rng, out: &mut Vec<u8>, scra
     let rec = ctx.rec;
     match kind {
         Gen::Cursor => push_stamp(out, rec.cursor_ms, rec.cursor_stamp),
-        Gen::Email => out.extend_from_slice(&ctx.person.email_json),
+        Gen::Email => match &ctx.person.email_json {
+            Some(email) => out.extend_from_slice(email),
+            None => out.extend_from_slice(b"null"),
+        },
         Gen::UserId => match &ctx.person.user_id_json {
             Some(id) => out.extend_from_slice(id),
             None => out.extend_from_slice(b"null"),
         },
-        Gen::EmailDomain => out.extend_from_slice(&ctx.person.domain_json),
+        Gen::EmailDomain => match &ctx.person.domain_json {
+            Some(domain) => out.extend_from_slice(domain),
+            None => out.extend_from_slice(b"null"),
+        },
         Gen::Pick(items) => out.extend_from_slice(rng.pick(items).as_bytes()),
         Gen::Hex(len) => {
             out.push(b'"');

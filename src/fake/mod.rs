@@ -62,6 +62,11 @@ pub struct FakeConfig {
     /// [`Generator::settled`]) and replay it for the same request, so that a benchmark's
     /// client, not the fake's generator, uses the CPU. Bodies are held whole in memory.
     pub cache_bodies: bool,
+    /// Users who change identity at the data range's middle, as the user export shows
+    /// them (the other endpoints know them by their current identity): every tenth user
+    /// with a userId (`i % 10 == 3`) had no email before it (a userId-only profile that
+    /// gains one), and another tenth (`i % 10 == 7`) had the email `was.<email>`.
+    pub identity_changes: bool,
     pub faults: Faults,
 }
 
@@ -126,6 +131,7 @@ impl FakeConfig {
             users: 200,
             job_file_bytes: 10 * 1024 * 1024,
             cache_bodies: false,
+            identity_changes: false,
             faults: Faults {
                 export_rate: None,
                 ..Faults::default()

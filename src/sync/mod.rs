@@ -136,6 +136,9 @@ pub struct SyncOptions {
     pub now: DateTime<Utc>,
     /// Buckets of a stream's first `incremental-deduped` sync (then fixed in the manifest).
     pub dedupe_buckets: u32,
+    /// The memory (bytes) a deduped bucket's merge holds rows in; beyond it, sorted runs
+    /// go to temporary files.
+    pub dedupe_memory: usize,
     /// `events`: users read between two commits (checkpoints).
     pub events_batch_users: usize,
     /// `events`: a run stops after about this many users (whole batches) and the next run
@@ -166,6 +169,7 @@ impl SyncOptions {
             limits: WriterLimits::default(),
             now: Utc::now(),
             dedupe_buckets: 32,
+            dedupe_memory: 256 * 1024 * 1024,
             events_batch_users: 1000,
             events_max_users: None,
             cancel: CancellationToken::new(),
