@@ -221,41 +221,81 @@ async fn two_incremental_runs_with_new_and_late_data_leave_each_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_responses_rate_limits_and_random_errors_still_give_exact_results() {
+    let report = exact_sync_with(
+        |f| {
+            *f = Faults {
+                export_rate: Some((5, Duration::from_millis(500))),
+                cut_off: Some(CutOff {
+                    data_type: Some("emailSend".into()),
+                    after_bytes: 3000,
+                    first_requests: 2,
+                }),
+                random_500: 0.2,
+                random_500_seed: 9,
+                ..Faults::default()
+            }
+        },
+        &["email_send", "email_open", "users", "sms_send"],
+    )
+    .await;
+    assert!(
+        window_retries(&report, "email_send") >= 2,
+        "cut-off windows were retried: {report:?}"
+    );
+    assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
+}
+
+/// How many of `stream`'s windows `report` says were retried.
+fn window_retries(report: &RunReport, stream: &str) -> u64 {
+    let s = report.streams.iter().find(|s| s.stream == stream);
+    s.expect("the stream is in the report").window_retries
+}
+
+/// A sync of `streams` over `[START, 2024-01-04)` from a fake whose faults `faults` sets
+/// into a new local lake, checked exact against the fake's truth; the report of the sync.
+async fn exact_sync_with(faults: impl FnOnce(&mut Faults), streams: &[&str]) -> RunReport {
     let mut cfg = FakeConfig::small(3);
-    cfg.faults = Faults {
-        export_rate: Some((5, Duration::from_millis(500))),
-        cut_off: Some(CutOff {
-            data_type: Some("emailSend".into()),
-            after_bytes: 3000,
-            first_requests: 2,
-        }),
-        random_500: 0.2,
-        random_500_seed: 9,
-        ..Faults::default()
-    };
+    faults(&mut cfg.faults);
     let fake = FakeIterable::start(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
-    let streams: Vec<_> = ["email_send", "email_open", "users", "sms_send"]
-        .iter()
-        .map(|n| catalog::find(n).unwrap())
-        .collect();
+    let streams: Vec<_> = streams.iter().map(|n| catalog::find(n).unwrap()).collect();
     let report = sync(&fake, &lake, options(streams.clone(), START, end)).await;
     for s in &streams {
         assert_exact(&fake, &lake, s, START, end).await;
     }
-    let send = report
-        .streams
-        .iter()
-        .find(|s| s.stream == "email_send")
-        .unwrap();
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_end_cleanly_inside_a_record_are_retried_not_committed() {
+    let report = exact_sync_with(
+        |f| {
+            f.clean_cut_off = Some(CutOff {
+                data_type: Some("emailSend".into()),
+                after_bytes: 3000,
+                first_requests: 3,
+            })
+        },
+        &["email_send", "email_open"],
+    )
+    .await;
     assert!(
-        send.window_retries >= 2,
-        "cut-off windows were retried: {send:?}"
+        window_retries(&report, "email_send") >= 3,
+        "short windows were retried: {report:?}"
     );
-    assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
+    assert!(report.streams.iter().all(|s| s.malformed_lines == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_order_mark_before_a_body_is_dropped() {
+    let report = exact_sync_with(|f| f.byte_order_mark = true, &["email_send", "users"]).await;
+    assert!(
+        report.streams.iter().all(|s| s.malformed_lines == 0),
+        "{report:?}"
+    );
 }
 
 /// The status and attempts of an export request that `client` gives up on.

@@ -955,6 +955,42 @@ async fn fake_export_cut_off_aborts_the_first_bodies_after_n_bytes() {
 }
 
 #[tokio::test]
+async fn fake_export_clean_cut_off_ends_the_first_bodies_properly_inside_a_line() {
+    let all = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+    let params = [("dataTypeName", "emailSend"), ("range", "All")];
+    let truth = Api::small(13)
+        .await
+        .fake
+        .truth_body("emailSend", all.0, all.1);
+    let first_line_end = truth.iter().position(|&c| c == b'\n').unwrap() + 1;
+    for (after_bytes, sent) in [(5_000, 5_000), (first_line_end, first_line_end + 1)] {
+        let mut cfg = FakeConfig::small(13);
+        cfg.faults.clean_cut_off = Some(CutOff {
+            data_type: Some("emailSend".to_string()),
+            after_bytes,
+            first_requests: 1,
+        });
+        let api = Api::start(cfg).await;
+        let (got, failed) = read_stream(&api, &params).await;
+        assert!(!failed, "the body ends properly");
+        assert_eq!(got, truth[..sent]);
+        assert_ne!(got.last(), Some(&b'\n'), "it ends inside a line");
+        assert_eq!(read_stream(&api, &params).await, (truth.clone(), false));
+    }
+}
+
+#[tokio::test]
+async fn fake_export_byte_order_mark_starts_every_body() {
+    let mut cfg = FakeConfig::small(13);
+    cfg.faults.byte_order_mark = true;
+    let api = Api::start(cfg).await;
+    let all = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+    let truth = api.fake.truth_body("emailSend", all.0, all.1);
+    let (got, _) = read_stream(&api, &[("dataTypeName", "emailSend"), ("range", "All")]).await;
+    assert_eq!(got, [b"\xEF\xBB\xBF".as_slice(), &truth].concat());
+}
+
+#[tokio::test]
 async fn fake_export_random_500s_are_seeded() {
     let faulty = |seed: u64| {
         let mut cfg = FakeConfig::small(14);
