@@ -22,7 +22,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::FetchError;
 use super::rest::{self, Body};
-use crate::api::{ApiClient, Family};
+use crate::api::{ApiClient, Family, display_url};
 
 /// The longest query string sent (ids and dates): well under common URL limits (8 KB).
 pub const MAX_QUERY_BYTES: usize = 7_000;
@@ -46,7 +46,7 @@ pub fn body(client: ApiClient, start: Option<DateTime<Utc>>, end: DateTime<Utc>)
             let resp = client
                 .get(Family::Metrics, "campaigns/metrics", &query)
                 .await?;
-            let url = resp.url().to_string();
+            let url = display_url(resp.url());
             let csv = resp.bytes().await?;
             let lines = csv_to_ndjson(&csv).map_err(|problem| FetchError::Shape {
                 url: url.clone(),
