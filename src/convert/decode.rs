@@ -45,9 +45,6 @@ pub const MALFORMED_LINE_BASE64: &str = "_malformed_line_base64";
 /// The fewest bytes per line the builders are sized for (builders grow past it if needed).
 const MIN_LINE_BYTES: usize = 64;
 
-/// Largest magnitude an f64 holds every integer of (2^53).
-const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
-
 /// A decoded chunk of lines.
 #[derive(Debug)]
 pub struct Decoded {
@@ -639,12 +636,43 @@ fn int_of(raw: &str) -> Option<i64> {
         if let Ok(v) = raw.parse::<i64>() {
             return Some(v);
         }
-        let f: f64 = raw.parse().ok()?;
-        return (f.fract() == 0.0 && f.abs() < EXACT_F64_INT).then_some(f as i64);
+        return integral(raw);
     }
     let s = string_of(raw)?;
     let v: i64 = s.parse().ok()?;
     (v.to_string() == s).then_some(v)
+}
+
+/// The integer a JSON number with a fraction or an exponent (`7.0`, `1e3`) names exactly, read
+/// from its digits: `1.0000000000000000001` is not an integer, whatever f64 rounds it to.
+fn integral(number: &str) -> Option<i64> {
+    let (mantissa, exp) = match number.find(['e', 'E']) {
+        Some(at) => (&number[..at], number[at + 1..].parse::<i32>().ok()?),
+        None => (number, 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let point = i64::try_from(whole.len()).ok()? + i64::from(exp);
+    let digits = digits.trim_end_matches('0');
+    let lead = digits.len() - digits.trim_start_matches('0').len();
+    let (digits, point) = (&digits[lead..], point - lead as i64);
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let zeros = usize::try_from(point - digits.len() as i64).ok()?;
+    if zeros > 19 {
+        return None;
+    }
+    let text = format!(
+        "{}{digits}{}",
+        if negative { "-" } else { "" },
+        "0".repeat(zeros)
+    );
+    text.parse().ok()
 }
 
 /// Decimal digits that carry value in a number's text (15 always round-trip through f64).
@@ -666,8 +694,9 @@ fn significant(text: &str) -> String {
     trimmed.to_string()
 }
 
-/// A number's value when f64 holds it without loss: up to 15 significant digits, or the
-/// digits of the shortest text of an f64 (what a program printing a double writes, up to 17).
+/// A number's value when f64 holds it without loss: up to 15 significant digits in f64's
+/// normal range, or the digits of the shortest text of an f64 (what a program printing a
+/// double writes, up to 17).
 fn float_of(raw: &str) -> Option<f64> {
     let text: Cow<'_, str> = if is_json_number(raw) {
         Cow::Borrowed(raw)
@@ -675,8 +704,9 @@ fn float_of(raw: &str) -> Option<f64> {
         string_of(raw)?
     };
     let f: f64 = text.trim().parse().ok()?;
-    let exact =
-        significant_digits(&text) <= 15 || significant(&text) == significant(&format!("{f:e}"));
+    // Outside f64's normal range fewer digits survive, and `1e-400` becomes 0: compare.
+    let exact = (f.is_normal() && significant_digits(&text) <= 15)
+        || significant(&text) == significant(&format!("{f:e}"));
     (f.is_finite() && exact).then_some(f)
 }
 
@@ -1126,8 +1156,63 @@ mod tests {
         assert_eq!(float_of("0.76158068501752041"), None);
         assert_eq!(int_of("\"007\""), None);
         assert_eq!(int_of("1e3"), Some(1000));
-        assert_eq!(int_of("9007199254740993.0"), None);
+        assert_eq!(int_of("9007199254740993.0"), Some(9_007_199_254_740_993));
         assert_eq!(int_of("-5"), Some(-5));
         assert_eq!(timestamp_of("1704164645000"), Some(1_704_164_645_000_000));
+    }
+
+    #[test]
+    fn integers_and_floats_are_read_from_their_digits_not_a_rounded_double() {
+        for (text, want) in [
+            ("1.0000000000000000001", None),
+            ("1.5e1", Some(15)),
+            ("1500e-2", Some(15)),
+            ("1501e-2", None),
+            ("-0.0", Some(0)),
+            ("0e-400", Some(0)),
+            ("1e-400", None),
+            ("-12.000", Some(-12)),
+            ("1e18", Some(1_000_000_000_000_000_000)),
+            ("1e19", None),
+            ("9223372036854775807.0", Some(i64::MAX)),
+            ("-9223372036854775808.0", Some(i64::MIN)),
+            ("9223372036854775808.0", None),
+            ("1e2147483648", None),
+        ] {
+            assert_eq!(int_of(text), want, "{text}");
+        }
+        assert_eq!(timestamp_of("1704164645000.0000000001"), None);
+        assert_eq!(float_of("1e-400"), None);
+        assert_eq!(float_of("-1e-400"), None);
+        assert_eq!(float_of("0e-400"), Some(0.0));
+        assert_eq!(float_of("1e-320"), Some(1e-320));
+        assert_eq!(float_of("1.23456789012345e-320"), None);
+        assert_eq!(float_of("1e400"), None);
+    }
+
+    #[test]
+    fn numbers_no_column_type_holds_exactly_go_to_extra() {
+        let d = decode(concat!(
+            r#"{"campaignId":1.0000000000000000001,"total":1e-400,"ids":[1,2.0000000000000000001]}"#,
+            "\n",
+            r#"{"campaignId":2.0,"total":0.0}"#,
+        ));
+        for col in ["campaignId", "total", "ids"] {
+            assert!(d.batch.column_by_name(col).unwrap().is_null(0), "{col}");
+        }
+        let text = d
+            .batch
+            .column_by_name("_extra")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string();
+        assert_eq!(
+            text,
+            r#"{"campaignId":1.0000000000000000001,"total":1e-400,"ids":[1,2.0000000000000000001]}"#
+        );
+        let c = d.batch.column_by_name("campaignId").unwrap();
+        assert_eq!(c.as_primitive::<Int64Type>().value(1), 2);
+        assert_eq!(extra(&d, 1), None);
     }
 }
