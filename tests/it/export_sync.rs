@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use iterable_lake::api::{ApiClient, ApiError, Family};
@@ -243,6 +243,59 @@ async fn cut_off_responses_rate_limits_and_random_errors_still_give_exact_result
         "cut-off windows were retried: {report:?}"
     );
     assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn every_timestamp_shape_the_fake_sends_lands_on_its_instant() {
+    let mut cfg = FakeConfig::small(6);
+    cfg.events_per_day = 2_000;
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(t("2024-01-04T00:00:00Z"));
+    let def = catalog::find("email_send").unwrap();
+    let schema = Arc::new(StreamSchema::parse(def.name, def.schema, true).unwrap());
+    let decoder = Decoder::new(schema, 0, def.data_type());
+    let mut shapes = BTreeMap::new();
+    let day = t("2024-01-02T00:00:00Z");
+    for hour in 0..24 {
+        let start = day + chrono::Duration::hours(hour);
+        let end = start + chrono::Duration::hours(1);
+        let lines = fake.truth_lines(def.data_type(), start, end);
+        for line in &lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let shape = match &v["createdAt"] {
+                serde_json::Value::Number(_) => "epoch milliseconds".to_string(),
+                serde_json::Value::String(s) => s
+                    .chars()
+                    .map(|c| if c.is_ascii_digit() { '9' } else { c })
+                    .collect(),
+                other => panic!("createdAt {other}"),
+            };
+            *shapes.entry(shape).or_insert(0) += 1;
+        }
+        let batch = decoder.decode(lines.join("\n").as_bytes()).unwrap().batch;
+        let created = batch
+            .column_by_name("createdAt")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(created.null_count(), 0, "every createdAt is typed");
+        for at in created.values() {
+            let at = DateTime::from_timestamp_micros(*at).unwrap();
+            assert!(at >= start && at < end, "{at} is not in [{start}, {end})");
+        }
+    }
+    for shape in [
+        "9999-99-99 99:99:99 +99:99",
+        "9999-99-99 99:99:99.999 +99:99",
+        "9999-99-99 99:99:99 +9999",
+        "9999-99-99 99:99:99 -99:99",
+        "9999-99-99T99:99:99+99:99",
+        "9999-99-99T99:99:99Z",
+        "9999-99-99T99:99:99.999Z",
+        "9999-99-99T99:99:99.999999.999Z",
+        "epoch milliseconds",
+    ] {
+        assert!(shapes.contains_key(shape), "no {shape} in {shapes:?}");
+    }
 }
 
 /// How many of `stream`'s windows `report` says were retried.
