@@ -211,13 +211,21 @@ impl Decoder {
         if let Scope::Top = scope
             && !key.starts_with("itblInternal")
         {
-            let seed = match id {
-                Some(id) => self.nodes[id].key_hash,
-                None => xxh3_64(key.as_bytes()),
-            };
-            row.identity = row
-                .identity
-                .wrapping_add(xxh3_128_with_seed(raw.as_bytes(), seed));
+            match id {
+                Some(id)
+                    if row.slots[id].is_none()
+                        && needs_typed_identity(&self.nodes[id].kind, raw) =>
+                {
+                    row.typed_identity[id] = true;
+                }
+                _ => {
+                    let seed = match id {
+                        Some(id) => self.nodes[id].key_hash,
+                        None => xxh3_64(key.as_bytes()),
+                    };
+                    row.add_identity(raw.as_bytes(), seed);
+                }
+            }
         }
         let Some(id) = id else {
             row.extra_at(scope, self, key, raw);
@@ -292,21 +300,30 @@ impl Decoder {
             }
             return;
         }
-        let fits = match raw {
-            None => b.append_null(id, &node.kind),
+        let typed = match raw {
+            None => b.append_null(id, &node.kind).then_some(Scalar::Null),
             Some(raw) => b.append(id, &node.kind, raw),
         };
-        if !fits {
+        if typed.is_none() {
             b.append_null(id, &node.kind);
             if let Some(raw) = raw {
                 row.extra_owned.push((node.path.clone(), raw.to_string()));
             }
         }
+        if row.typed_identity[id] {
+            let raw = row.slots[id].unwrap_or("null");
+            let mut text = std::mem::take(&mut row.scratch);
+            let hashed = typed_identity_text(&node.kind, raw, typed.as_ref(), &mut text);
+            row.add_identity(hashed, node.key_hash);
+            row.scratch = text;
+        }
     }
 
     /// A stable hash of the event: its data type and every top-level field but Iterable's
     /// internal bookkeeping (`itblInternal…`). Each field's hash is added up, so the order of
-    /// the fields does not matter; a line that is not JSON is hashed as it is.
+    /// the fields does not matter; a line that is not JSON is hashed as it is. A field is
+    /// hashed as written, but for what its typed column reads the same whatever the
+    /// spelling ([`typed_identity_text`]): an instant, and a number or boolean sent as a string.
     ///
     /// `input` is scratch space, reused across rows.
     fn identity(&self, line: &[u8], row: &Row<'_>, parsed: bool, input: &mut Vec<u8>) -> [u8; 32] {
@@ -432,6 +449,10 @@ struct Row<'a> {
     extra_owned: Vec<(String, String)>,
     /// The sum of the hashes of the fields that make the event's identity.
     identity: u128,
+    /// The top-level nodes whose identity is hashed from their typed value, once appended.
+    typed_identity: Vec<bool>,
+    /// Scratch space for the text such a value is hashed as.
+    scratch: Vec<u8>,
     /// The last top-level node a key of this row named (`slots.len()` before the first), and
     /// for each node the one whose key came after it last time (`usize::MAX`: none yet).
     prev_key: usize,
@@ -447,6 +468,8 @@ impl<'a> Row<'a> {
             entries: Vec::new(),
             extra_owned: Vec::new(),
             identity: 0,
+            typed_identity: vec![false; n],
+            scratch: Vec::new(),
             prev_key: n,
             next_key: vec![usize::MAX; n + 1],
         }
@@ -458,7 +481,13 @@ impl<'a> Row<'a> {
         self.extra.clear();
         self.extra_owned.clear();
         self.identity = 0;
+        self.typed_identity.fill(false);
         self.prev_key = self.slots.len();
+    }
+
+    /// Add the hash of one field's `text` under its key's `seed` to the event's identity.
+    fn add_identity(&mut self, text: &[u8], seed: u64) {
+        self.identity = self.identity.wrapping_add(xxh3_128_with_seed(text, seed));
     }
 
     fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a str) {
@@ -494,6 +523,72 @@ impl<'a> Row<'a> {
         }
         out.append_value("}");
     }
+}
+
+/// Whether the identity of a value `raw` of a column of `kind` is hashed from the typed
+/// value rather than as written: an instant not in the canonical form, and a number or
+/// boolean sent as a string. Everything else (most values) is hashed as written, so ids stay
+/// those of earlier versions.
+fn needs_typed_identity(kind: &Kind, raw: &str) -> bool {
+    match kind {
+        Kind::Timestamp => !is_canonical_instant(raw),
+        Kind::Int64 | Kind::Float64 | Kind::Boolean => raw.starts_with('"'),
+        _ => false,
+    }
+}
+
+/// Whether `raw` is an instant as [`write_canonical_instant`] writes it, checked by shape:
+/// `"2024-01-02 03:04:05 +00:00"`, or with milliseconds other than `.000`. (A value of this
+/// shape that is not an instant is a misfit, hashed as written either way.)
+fn is_canonical_instant(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let shaped = b.first() == Some(&b'"') && b.get(11) == Some(&b' ') && raw.ends_with(" +00:00\"");
+    shaped
+        && match b.len() {
+            28 => true,
+            32 => b[20] == b'.' && &b[21..24] != b"000",
+            _ => false,
+        }
+}
+
+/// The text a value's identity is hashed from, for a node [`needs_typed_identity`] picked:
+/// the value `typed` its column read from `raw`, written one way: an instant as
+/// `"2024-01-02 03:04:05[.123[456]] +00:00"` (UTC; the form most exports use, so most
+/// events keep their ids), a number as JSON writes it, a boolean as `true` or `false`. A
+/// value the column could not read is hashed as written.
+fn typed_identity_text<'t>(
+    kind: &Kind,
+    raw: &'t str,
+    typed: Option<&Scalar<'_>>,
+    out: &'t mut Vec<u8>,
+) -> &'t [u8] {
+    out.clear();
+    match (kind, typed) {
+        (Kind::Timestamp, Some(Scalar::Int(micros))) => write_canonical_instant(*micros, out),
+        (_, Some(Scalar::Int(v))) => out.extend_from_slice(v.to_string().as_bytes()),
+        (_, Some(Scalar::Float(v))) => {
+            serde_json::to_writer(&mut *out, v).expect("writing to a Vec")
+        }
+        (_, Some(Scalar::Bool(v))) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+        _ => return raw.as_bytes(),
+    }
+    out
+}
+
+/// `micros` as `"2024-01-02 03:04:05 +00:00"`, with `.123` when it has milliseconds and
+/// `.123456` when it has microseconds.
+fn write_canonical_instant(micros: i64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let Some(t) = chrono::DateTime::from_timestamp_micros(micros) else {
+        return write!(out, "{micros}").expect("writing to a Vec");
+    };
+    let fraction = micros.rem_euclid(1_000_000);
+    let written = match (fraction, fraction % 1000) {
+        (0, _) => write!(out, "\"{} +00:00\"", t.format("%Y-%m-%d %H:%M:%S")),
+        (_, 0) => write!(out, "\"{} +00:00\"", t.format("%Y-%m-%d %H:%M:%S%.3f")),
+        _ => write!(out, "\"{} +00:00\"", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+    };
+    written.expect("writing to a Vec");
 }
 
 /// Visits one JSON object, routing its entries into a [`Row`].
@@ -835,19 +930,15 @@ impl Builders {
         }
     }
 
-    /// Append `raw` to column `id`; false when it does not fit (nothing appended).
-    fn append(&mut self, id: usize, kind: &Kind, raw: &str) -> bool {
+    /// Append `raw` to column `id`: the value appended ([`Scalar::Null`] for lists and JSON
+    /// text), or `None` when it does not fit (nothing appended).
+    fn append<'r>(&mut self, id: usize, kind: &Kind, raw: &'r str) -> Option<Scalar<'r>> {
         if let Kind::List(item_kind) = kind {
-            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw) else {
-                return false;
-            };
-            let Some(values) = items
+            let items = serde_json::from_str::<Vec<&RawValue>>(raw).ok()?;
+            let values = items
                 .iter()
                 .map(|r| scalar_of(item_kind, r.get()))
-                .collect::<Option<Vec<_>>>()
-            else {
-                return false;
-            };
+                .collect::<Option<Vec<_>>>()?;
             let Builder::List { item, offsets } = &mut self.cols[id] else {
                 unreachable!("list kind has a list builder")
             };
@@ -858,19 +949,34 @@ impl Builders {
             let last = *offsets.last().expect("offsets start at 0");
             offsets.push(last + n);
             self.nulls[id].push(true);
-            return true;
+            return Some(Scalar::Null);
         }
         match (&mut self.cols[id], kind) {
             (Builder::Utf8(b), Kind::Json) => {
                 b.append_value(raw);
-                true
+                Some(Scalar::Null)
             }
-            (Builder::Utf8(b), _) => string_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Int64(b), _) => int_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Timestamp(b), _) => timestamp_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Float64(b), _) => float_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Boolean(b), _) => bool_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::List { .. } | Builder::Struct, _) => false,
+            (Builder::Utf8(b), _) => string_of(raw).map(|v| {
+                b.append_value(&v);
+                Scalar::Str(v)
+            }),
+            (Builder::Int64(b), _) => int_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Int(v)
+            }),
+            (Builder::Timestamp(b), _) => timestamp_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Int(v)
+            }),
+            (Builder::Float64(b), _) => float_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Float(v)
+            }),
+            (Builder::Boolean(b), _) => bool_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Bool(v)
+            }),
+            (Builder::List { .. } | Builder::Struct, _) => None,
         }
     }
 
@@ -1121,6 +1227,34 @@ mod tests {
             .decode(br#"{"campaignId":1,"email":"a"}"#)
             .unwrap();
         assert_ne!(ids[1], super::tests::ids(&other)[0]);
+    }
+
+    #[test]
+    fn event_ids_read_instants_and_numbers_by_value_not_spelling() {
+        let same = [
+            r#"{"createdAt":"2024-01-02 03:04:05.120 +00:00","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02T03:04:05.12Z","campaignId":"1","total":"2.5","ok":"true","email":"a"}"#,
+            r#"{"email":"a","createdAt":"2024-01-02T08:34:05.120000+05:30","campaignId":1,"total":2.5,"ok":true}"#,
+            r#"{"createdAt":1704164645120,"campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-01 22:04:05.12 -05:00","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02T03:04:05.120000.000Z","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+        ];
+        let other = [
+            r#"{"createdAt":"2024-01-02 03:04:05.121 +00:00","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02 03:04:05.120 +00:00","campaignId":2,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02 03:04:05.120 +00:00","campaignId":1,"total":2.5,"ok":false,"email":"a"}"#,
+            r#"{"createdAt":"soon","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":null,"campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+        ];
+        // The canonical spelling is hashed as written, as earlier versions did: their ids stay.
+        let d = decode(r#"{"createdAt":"2024-01-02 03:04:05 +00:00","email":"a"}"#);
+        assert_eq!(super::tests::ids(&d)[0], "aeca407e3db9ab11ba946dc71cf980ea");
+        let ids = ids(&decode(&[same.join("\n"), other.join("\n")].join("\n")));
+        assert!(ids[..same.len()].iter().all(|id| *id == ids[0]), "{ids:?}");
+        let mut distinct = ids[same.len() - 1..].to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), other.len() + 1, "{ids:?}");
     }
 
     #[test]
