@@ -84,6 +84,9 @@ pub struct Faults {
     pub clean_cut_off: Option<CutOff>,
     /// Start every `data.json` and `userEvents` body with a UTF-8 byte-order mark.
     pub byte_order_mark: bool,
+    /// Answer `campaigns/metrics` as older projects do: every header (and cell) twice in a
+    /// row, and `Purchases / M` and `Revenue / M` without the medium.
+    pub old_metrics_csv: bool,
     /// Answer this share of `/api` requests (0.0–1.0) with 500 `GenericError`, after the key
     /// check, drawing one number per request from a sequence seeded by `random_500_seed`.
     pub random_500: f64,
@@ -123,6 +126,7 @@ impl Default for Faults {
             cut_off: None,
             clean_cut_off: None,
             byte_order_mark: false,
+            old_metrics_csv: false,
             random_500: 0.0,
             random_500_seed: 0,
             latency: None,
