@@ -208,7 +208,8 @@ impl Decoder {
             Scope::Top => self.top_level(&key, row),
             Scope::Struct(parent) => self.nodes[parent].children.get(key.as_ref()).copied(),
         };
-        if let Scope::Top = scope
+        if self.schema.with_event_id
+            && let Scope::Top = scope
             && !key.starts_with("itblInternal")
         {
             match id {
