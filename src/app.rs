@@ -26,7 +26,7 @@ use crate::cli::{
 use crate::config::{
     self, ApiSettings, ConfigError, Given, Layer, Origin, find_stream, parse_date, split_names,
 };
-use crate::fake::{FakeConfig, FakeIterable};
+use crate::fake::{CutOff, FakeConfig, FakeIterable};
 use crate::lock::{LakeLock, LockError};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -584,7 +584,7 @@ async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
 
 async fn fake_api(args: FakeApiArgs) -> Result<u8> {
     let start = parse_date(&Given::flag("--start", args.start.clone())).map_err(usage)?;
-    let cfg = FakeConfig {
+    let mut cfg = FakeConfig {
         seed: args.seed,
         start,
         days: args.days,
@@ -594,6 +594,11 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
         cache_bodies: args.cache_bodies,
         ..FakeConfig::small(args.seed)
     };
+    cfg.faults.clean_cut_off = args.cut_off_clean.map(|first_requests| CutOff {
+        data_type: None,
+        after_bytes: args.cut_off_clean_bytes,
+        first_requests,
+    });
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let fake = FakeIterable::start_on(cfg, addr)
         .await

@@ -388,6 +388,18 @@ pub struct FakeApiArgs {
     /// clock is past the data's last day plus 20 hours, when bodies no longer change.
     #[arg(long)]
     pub cache_bodies: bool,
+    /// End the first N export bodies early but properly, in the middle of a line (a server
+    /// that thinks it is done): a sync must retry those windows, not commit them.
+    #[arg(long, value_name = "N")]
+    pub cut_off_clean: Option<u32>,
+    /// How many body bytes an export body ended by --cut-off-clean holds, about.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 4096,
+        requires = "cut_off_clean"
+    )]
+    pub cut_off_clean_bytes: usize,
 }
 
 #[cfg(test)]

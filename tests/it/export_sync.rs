@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use iterable_lake::api::{ApiClient, ApiError, Family};
@@ -221,41 +221,134 @@ async fn two_incremental_runs_with_new_and_late_data_leave_each_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_responses_rate_limits_and_random_errors_still_give_exact_results() {
+    let report = exact_sync_with(
+        |f| {
+            *f = Faults {
+                export_rate: Some((5, Duration::from_millis(500))),
+                cut_off: Some(CutOff {
+                    data_type: Some("emailSend".into()),
+                    after_bytes: 3000,
+                    first_requests: 2,
+                }),
+                random_500: 0.2,
+                random_500_seed: 9,
+                ..Faults::default()
+            }
+        },
+        &["email_send", "email_open", "users", "sms_send"],
+    )
+    .await;
+    assert!(
+        window_retries(&report, "email_send") >= 2,
+        "cut-off windows were retried: {report:?}"
+    );
+    assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn every_timestamp_shape_the_fake_sends_lands_on_its_instant() {
+    let mut cfg = FakeConfig::small(6);
+    cfg.events_per_day = 2_000;
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(t("2024-01-04T00:00:00Z"));
+    let def = catalog::find("email_send").unwrap();
+    let schema = Arc::new(StreamSchema::parse(def.name, def.schema, true).unwrap());
+    let decoder = Decoder::new(schema, 0, def.data_type());
+    let mut shapes = BTreeMap::new();
+    let day = t("2024-01-02T00:00:00Z");
+    for hour in 0..24 {
+        let start = day + chrono::Duration::hours(hour);
+        let end = start + chrono::Duration::hours(1);
+        let lines = fake.truth_lines(def.data_type(), start, end);
+        for line in &lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let shape = match &v["createdAt"] {
+                serde_json::Value::Number(_) => "epoch milliseconds".to_string(),
+                serde_json::Value::String(s) => s
+                    .chars()
+                    .map(|c| if c.is_ascii_digit() { '9' } else { c })
+                    .collect(),
+                other => panic!("createdAt {other}"),
+            };
+            *shapes.entry(shape).or_insert(0) += 1;
+        }
+        let batch = decoder.decode(lines.join("\n").as_bytes()).unwrap().batch;
+        let created = batch
+            .column_by_name("createdAt")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(created.null_count(), 0, "every createdAt is typed");
+        for at in created.values() {
+            let at = DateTime::from_timestamp_micros(*at).unwrap();
+            assert!(at >= start && at < end, "{at} is not in [{start}, {end})");
+        }
+    }
+    for shape in [
+        "9999-99-99 99:99:99 +99:99",
+        "9999-99-99 99:99:99.999 +99:99",
+        "9999-99-99 99:99:99 +9999",
+        "9999-99-99 99:99:99 -99:99",
+        "9999-99-99T99:99:99+99:99",
+        "9999-99-99T99:99:99Z",
+        "9999-99-99T99:99:99.999Z",
+        "9999-99-99T99:99:99.999999.999Z",
+        "epoch milliseconds",
+    ] {
+        assert!(shapes.contains_key(shape), "no {shape} in {shapes:?}");
+    }
+}
+
+/// How many of `stream`'s windows `report` says were retried.
+fn window_retries(report: &RunReport, stream: &str) -> u64 {
+    let s = report.streams.iter().find(|s| s.stream == stream);
+    s.expect("the stream is in the report").window_retries
+}
+
+/// A sync of `streams` over `[START, 2024-01-04)` from a fake whose faults `faults` sets
+/// into a new local lake, checked exact against the fake's truth; the report of the sync.
+async fn exact_sync_with(faults: impl FnOnce(&mut Faults), streams: &[&str]) -> RunReport {
     let mut cfg = FakeConfig::small(3);
-    cfg.faults = Faults {
-        export_rate: Some((5, Duration::from_millis(500))),
-        cut_off: Some(CutOff {
-            data_type: Some("emailSend".into()),
-            after_bytes: 3000,
-            first_requests: 2,
-        }),
-        random_500: 0.2,
-        random_500_seed: 9,
-        ..Faults::default()
-    };
+    faults(&mut cfg.faults);
     let fake = FakeIterable::start(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let end = t("2024-01-04T00:00:00Z");
     fake.set_now(end);
-    let streams: Vec<_> = ["email_send", "email_open", "users", "sms_send"]
-        .iter()
-        .map(|n| catalog::find(n).unwrap())
-        .collect();
+    let streams: Vec<_> = streams.iter().map(|n| catalog::find(n).unwrap()).collect();
     let report = sync(&fake, &lake, options(streams.clone(), START, end)).await;
     for s in &streams {
         assert_exact(&fake, &lake, s, START, end).await;
     }
-    let send = report
-        .streams
-        .iter()
-        .find(|s| s.stream == "email_send")
-        .unwrap();
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_end_cleanly_inside_a_record_are_retried_not_committed() {
+    let report = exact_sync_with(
+        |f| {
+            f.clean_cut_off = Some(CutOff {
+                data_type: Some("emailSend".into()),
+                after_bytes: 3000,
+                first_requests: 3,
+            })
+        },
+        &["email_send", "email_open"],
+    )
+    .await;
     assert!(
-        send.window_retries >= 2,
-        "cut-off windows were retried: {send:?}"
+        window_retries(&report, "email_send") >= 3,
+        "short windows were retried: {report:?}"
     );
-    assert!(report.retries > 0 && report.rate_limited > 0, "{report:?}");
+    assert!(report.streams.iter().all(|s| s.malformed_lines == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_order_mark_before_a_body_is_dropped() {
+    let report = exact_sync_with(|f| f.byte_order_mark = true, &["email_send", "users"]).await;
+    assert!(
+        report.streams.iter().all(|s| s.malformed_lines == 0),
+        "{report:?}"
+    );
 }
 
 /// The status and attempts of an export request that `client` gives up on.

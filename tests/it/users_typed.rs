@@ -68,8 +68,12 @@ fn truth(fake: &FakeIterable, start: DateTime<Utc>, end: DateTime<Utc>) -> BTree
         .collect()
 }
 
+/// A timestamp as the fake writes it: text, or epoch milliseconds.
 fn micros(v: &Value) -> i64 {
-    parse_instant(v.as_str().unwrap()).unwrap()
+    match v.as_i64() {
+        Some(ms) => ms * 1000,
+        None => parse_instant(v.as_str().unwrap()).unwrap(),
+    }
 }
 
 /// Every live row of `users`: email → (profileUpdatedAt, the row's batch and index).
