@@ -12,6 +12,7 @@ use iterable_lake::delta::{CHECKPOINT_EVERY, LOG_DIR, Table, TableFormat};
 use iterable_lake::fake::{FakeConfig, FakeIterable};
 use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
+use iterable_lake::state;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use serde_json::Value;
 
@@ -187,6 +188,20 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
         .version()
         .unwrap();
     let rows1 = Manifest::load(&lake).await.unwrap().streams["email_send"].rows();
+    // `state` names each table's version.
+    let mut summary = state::summarize("lake", &Manifest::load(&lake).await.unwrap());
+    state::add_delta_versions(&lake, &mut summary).await;
+    let send = summary
+        .streams
+        .iter()
+        .find(|s| s.stream == "email_send")
+        .unwrap();
+    assert_eq!(send.delta_version, Some(v1));
+    assert!(
+        state::render(&summary).contains(&format!("email_send v{v1}")),
+        "{}",
+        state::render(&summary)
+    );
 
     // The second night re-reads the settling window and replaces its partitions.
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
