@@ -107,17 +107,18 @@ fn duckdb_digest(from: &str, id: &str) -> Option<(u64, String)> {
     ))
 }
 
-/// Every reader of each table agrees with the manifest's live files of its stream.
-async fn assert_readers_agree(lake: &LakeStore, root: &Path) {
+/// Every reader of each table agrees with the manifest's live files of its stream; `root` is
+/// the lake's folder or `s3://bucket/prefix`.
+async fn assert_readers_agree(lake: &LakeStore, root: &str) {
     let manifest = Manifest::load(lake).await.unwrap();
     for (stream, id) in STREAMS {
         let state = &manifest.streams[stream];
         let files: Vec<String> = state
             .files
             .iter()
-            .map(|f| sql_str(root.join(&f.file.path).to_str().unwrap()))
+            .map(|f| sql_str(&format!("{root}/{}", f.file.path)))
             .collect();
-        let table = root.join(stream);
+        let table = format!("{root}/{stream}");
         let Some((rows, digest)) = duckdb_digest(
             &format!("read_parquet([{}], union_by_name=true)", files.join(", ")),
             id,
@@ -125,17 +126,13 @@ async fn assert_readers_agree(lake: &LakeStore, root: &Path) {
             return;
         };
         assert_eq!(rows, state.rows(), "{stream}: the manifest's files");
-        let scanned = duckdb_digest(
-            &format!("delta_scan({})", sql_str(table.to_str().unwrap())),
-            id,
-        )
-        .unwrap();
+        let scanned = duckdb_digest(&format!("delta_scan({})", sql_str(&table)), id).unwrap();
         assert_eq!(
             scanned,
             (rows, digest.clone()),
             "{stream}: DuckDB delta_scan"
         );
-        let read = python_readers(table.to_str().unwrap(), None, id).unwrap();
+        let read = python_readers(&table, None, id).unwrap();
         for reader in ["deltalake", "polars"] {
             assert_eq!(read[reader]["rows"], rows, "{stream}: {reader}");
             assert_eq!(read[reader]["ids"], digest.as_str(), "{stream}: {reader}");
@@ -181,7 +178,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
     };
     let first = fake.midpoint();
     sync_at(&fake, &lake, first, Duration::days(7)).await;
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
     let v1 = Table::open(&lake, "email_send")
         .await
         .unwrap()
@@ -205,7 +202,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
 
     // The second night re-reads the settling window and replaces its partitions.
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
     let manifest = Manifest::load(&lake).await.unwrap();
     let send = &manifest.streams["email_send"];
     assert!(!send.retired.is_empty(), "replaced files are retired");
@@ -234,7 +231,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
     for r in &send.retired {
         assert!(!root.join(&r.path).exists(), "{} was vacuumed", r.path);
     }
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +257,7 @@ async fn a_table_behind_its_manifest_is_reconciled_by_the_next_run() {
     std::fs::remove_file(log.join(format!("{newest:020}.json"))).unwrap();
     std::fs::remove_dir_all(root.join("users").join(LOG_DIR)).unwrap();
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,5 +312,23 @@ async fn readers_start_from_the_checkpoint_every_tenth_version_writes() {
         Table::open(&lake, "email_send").await.unwrap().version(),
         Some(version)
     );
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_tables_on_s3_read_alike_with_every_reader() {
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    if !support::duckdb_available() && !support::in_ci() {
+        eprintln!("skipped: Delta readers need scripts/test.sh");
+        return;
+    }
+    let fake = FakeIterable::start(FakeConfig::small(54)).await.unwrap();
+    let bucket = s3.new_bucket().await;
+    let root = bucket.s3_url("lake");
+    let lake = LakeStore::open(&root).unwrap();
+    sync_at(&fake, &lake, fake.midpoint(), Duration::days(7)).await;
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
     assert_readers_agree(&lake, &root).await;
 }
