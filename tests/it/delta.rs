@@ -332,3 +332,60 @@ async fn delta_tables_on_s3_read_alike_with_every_reader() {
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
     assert_readers_agree(&lake, &root).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_during_a_sync_sees_only_committed_versions() {
+    let Some(Setup {
+        fake: _,
+        _dir,
+        root,
+        lake,
+    }) = setup(55).await
+    else {
+        return;
+    };
+    // A slow API, so the second night's replacing commits come while the reader reads.
+    let mut cfg = FakeConfig::small(55);
+    cfg.faults = iterable_lake::fake::Faults {
+        export_rate: None,
+        latency: Some(std::time::Duration::from_millis(150)),
+        ..iterable_lake::fake::Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    sync_at(&fake, &lake, fake.midpoint(), Duration::days(7)).await;
+    let table = sql_str(root.join("email_send").to_str().unwrap());
+    let users = sql_str(root.join("users").to_str().unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            let mut last = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let q = support::try_duckdb(&format!(
+                    "SELECT (SELECT count(*) FROM delta_scan({table})), \
+                            (SELECT count(DISTINCT _event_id) FROM delta_scan({table})), \
+                            (SELECT count(*) FROM delta_scan({users}))"
+                ))
+                .unwrap();
+                let row = &q.expect("a read during the sync never fails").rows[0];
+                let (rows, ids) = (row[0].as_u64().unwrap(), row[1].as_u64().unwrap());
+                assert_eq!(rows, ids, "no event twice");
+                assert!(rows >= last, "never fewer rows than a version read before");
+                last = rows;
+                reads += 1;
+            }
+            reads
+        })
+    };
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads = reader
+        .join()
+        .expect("the reader saw only committed versions");
+    assert!(
+        reads >= 3,
+        "the reader read while the sync ran ({reads} reads)"
+    );
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
+}
