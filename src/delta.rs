@@ -139,6 +139,26 @@ impl Table {
         self.version
     }
 
+    /// Whether this tool wrote the table: its log holds a `txn` of [`APP_ID`].
+    pub fn written_by_this_tool(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Delete the table's log: `_last_checkpoint` first, so no reader is sent to a checkpoint
+    /// already gone, then the newest entries first, so a reader meanwhile finds an older
+    /// version whole. Best effort.
+    pub async fn remove(&self, lake: &LakeStore) {
+        let prefix = lake.path(&format!("{}/{LOG_DIR}", self.dir));
+        let Ok(mut metas) = lake.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
+            return;
+        };
+        // `_` sorts after the digits of the numbered entries.
+        metas.sort_by(|a, b| b.location.cmp(&a.location));
+        for m in metas {
+            let _ = lake.store.delete(&m.location).await;
+        }
+    }
+
     /// Read the table in `dir` (a stream's folder): its newest checkpoint, then the commits
     /// after it. A folder without a log is an empty table.
     pub async fn open(lake: &LakeStore, dir: &str) -> Result<Table, DeltaError> {

@@ -398,9 +398,13 @@ impl Run {
         }
     }
 
-    /// Delete the retired files whose retention has ended, and commit their removal.
+    /// Delete the retired files whose retention has ended (all of them for a plain Parquet
+    /// lake, which has no reader of older versions), and commit their removal.
     async fn vacuum(&self) -> Result<(), ManifestError> {
-        let horizon = Utc::now() - self.opts.retain_removed;
+        let horizon = match self.opts.table_format {
+            TableFormat::Delta => Utc::now() - self.opts.retain_removed,
+            TableFormat::Parquet => Utc::now(),
+        };
         let mut manifest = self.manifest.lock().await;
         let expired: Vec<String> = manifest
             .streams
@@ -429,6 +433,24 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// A lake synced as plain Parquet after Delta: remove the selected streams' Delta logs
+    /// this tool wrote, which would go stale (and name files a plain lake deletes at once).
+    async fn remove_tables(&self) {
+        for stream in &self.opts.streams {
+            let Ok(table) = Table::open(&self.lake, stream.name).await else {
+                continue;
+            };
+            if !table.written_by_this_tool() {
+                continue;
+            }
+            tracing::warn!(
+                stream = stream.name,
+                "removing the stream's Delta log: the lake is plain Parquet now (--table-format parquet)"
+            );
+            table.remove(&self.lake).await;
+        }
     }
 
     /// Bring each selected stream's Delta table to the manifest, before anything is read:
@@ -529,8 +551,10 @@ async fn run_locked(
     if !recovered {
         run.vacuum().await?;
     }
-    if run.opts.table_format == TableFormat::Delta {
-        run.reconcile_tables().await;
+    match run.opts.table_format {
+        TableFormat::Delta => run.reconcile_tables().await,
+        TableFormat::Parquet if !recovered => run.remove_tables().await,
+        TableFormat::Parquet => {}
     }
     let concurrency = run.opts.concurrency.max(1);
     let streams: Vec<StreamReport> = futures::stream::iter(schemas)

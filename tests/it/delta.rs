@@ -389,3 +389,58 @@ async fn a_reader_during_a_sync_sees_only_committed_versions() {
     );
     assert_readers_agree(&lake, root.to_str().unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_lake_becomes_delta_and_back_keeping_every_row() {
+    let Some(Setup {
+        fake,
+        _dir,
+        root,
+        lake,
+    }) = setup(56).await
+    else {
+        return;
+    };
+    let night = |now: DateTime<Utc>, format: TableFormat| {
+        let (fake, lake) = (&fake, lake.clone());
+        async move {
+            fake.set_now(now);
+            let mut o = SyncOptions::new(defs());
+            o.start = Some(t(START));
+            o.now = now;
+            o.lag = Duration::zero();
+            o.table_format = format;
+            sync::run(lake, fake_client(fake, 8), o).await.unwrap()
+        }
+    };
+    night(fake.midpoint(), TableFormat::Parquet).await;
+    assert!(!root.join("email_send").join(LOG_DIR).exists());
+    // The next night as Delta: the log is built from the manifest's live files.
+    night(fake.midpoint() + Duration::hours(12), TableFormat::Delta).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
+    let retired = Manifest::load(&lake).await.unwrap().streams["email_send"]
+        .retired
+        .clone();
+    assert!(!retired.is_empty());
+    // And back: no stale log, no retired file left for glob readers, every row.
+    night(t(END), TableFormat::Parquet).await;
+    let manifest = Manifest::load(&lake).await.unwrap();
+    for (stream, _) in STREAMS {
+        let log = std::fs::read_dir(root.join(stream).join(LOG_DIR));
+        assert!(log.map_or(true, |d| d.count() == 0), "{stream}'s log");
+        assert!(manifest.streams[stream].retired.is_empty());
+    }
+    for r in &retired {
+        assert!(!root.join(&r.path).exists(), "{} is deleted", r.path);
+    }
+    let glob = sql_str(root.join("email_send/**/*.parquet").to_str().unwrap());
+    let Some((rows, _)) = duckdb_digest(&format!("read_parquet({glob})"), "_event_id") else {
+        return;
+    };
+    assert_eq!(rows, manifest.streams["email_send"].rows());
+    let want: u64 = fake
+        .truth_counts("emailSend", t(START), t(END))
+        .values()
+        .sum();
+    assert_eq!(rows, want);
+}
