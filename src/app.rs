@@ -147,7 +147,11 @@ pub fn error_code(e: &anyhow::Error) -> u8 {
         Some(LockError::Interrupted { .. }) => return exit::INTERRUPTED,
         _ => {}
     }
-    if e.downcast_ref::<UsageError>().is_some() {
+    let not_a_lake = matches!(
+        e.downcast_ref::<SyncError>(),
+        Some(SyncError::NotALake { .. })
+    );
+    if not_a_lake || e.downcast_ref::<UsageError>().is_some() {
         exit::USAGE
     } else {
         exit::FAILED
@@ -527,12 +531,13 @@ async fn reset_streams(lake: &LakeStore, manifest: &mut Manifest, names: &[Strin
     let lock = LakeLock::acquire(
         lake,
         &run,
+        manifest.lease_generation,
         Duration::ZERO,
         &CancellationToken::new(),
         CancellationToken::new(),
     )
     .await?;
-    let committed = manifest.commit(lake, &run).await;
+    let committed = manifest.commit(lake, &run, &lock.fence()).await;
     lock.release().await;
     committed?;
     println!(

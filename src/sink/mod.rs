@@ -4,7 +4,7 @@ pub mod bucket;
 pub mod store;
 pub mod writer;
 
-pub use store::{LakeStore, StoreError};
+pub use store::{Created, LakeStore, StoreError};
 pub use writer::{
     FileNamer, PartitionedWriter, Partitioning, WriteError, WriterLimits, WrittenFile,
     date_partition, day_of, file_properties, partition_day, spawn_encoding,

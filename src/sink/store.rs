@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +22,15 @@ pub enum StoreError {
         dest: String,
         source: object_store::Error,
     },
+}
+
+/// What a create-if-absent write found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    /// This write made the object; its ETag.
+    Written { e_tag: Option<String> },
+    /// The object existed already, with other content: another writer's.
+    Taken,
 }
 
 /// Where the lake lives: a store and the prefix of the lake inside it.
@@ -120,11 +130,232 @@ impl LakeStore {
         std::fs::canonicalize(local).ok()
     }
 
+    /// Create `path` with `body` unless it exists (`PutMode::Create`), telling this write
+    /// apart from another writer's: when the store answers an error or "exists" for a write
+    /// that did land (a request retried after its response was lost, a 500 after the write),
+    /// the object is read back, and it is this write's when it holds exactly `body`.
+    pub async fn create(&self, path: &Path, body: Bytes) -> Result<Created, object_store::Error> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let error = match self
+            .store
+            .put_opts(path, PutPayload::from(body.clone()), opts)
+            .await
+        {
+            Ok(r) => return Ok(Created::Written { e_tag: r.e_tag }),
+            Err(e) => e,
+        };
+        let exists = matches!(
+            error,
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
+        );
+        let found = match self.store.get(path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) if !exists => return Err(error),
+            Err(e) => return Err(if exists { e } else { error }),
+        };
+        let e_tag = found.meta.e_tag.clone();
+        if found.bytes().await? == body {
+            if !exists {
+                tracing::warn!(path = %path, error = %error, "the store answered an error for a write that did land");
+            }
+            Ok(Created::Written { e_tag })
+        } else if exists {
+            Ok(Created::Taken)
+        } else {
+            Err(error)
+        }
+    }
+
+    /// On local disk, flush the files at these lake-relative paths and their folders to the
+    /// disk (fsync), so a commit that names them survives a power loss; nothing elsewhere.
+    pub fn sync_local(&self, relative: &[&str]) -> std::io::Result<()> {
+        let Some(root) = self.local_dir() else {
+            return Ok(());
+        };
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in relative {
+            let file = root.join(p);
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// `path` relative to the lake's root.
     pub fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.root) {
             Some(parts) => Path::from_iter(parts).to_string(),
             None => path.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutResult, RenameOptions,
+    };
+
+    use super::*;
+    use crate::lock::LakeLock;
+    use crate::manifest::Manifest;
+
+    /// How the next puts fail after landing.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// A 500 after the write (object_store gives up).
+        ServerError,
+        /// The request was retried after its response was lost: the retry finds the object.
+        Exists,
+    }
+
+    /// An in-memory store whose next `faulty` create-if-absent puts land, then answer an
+    /// error.
+    #[derive(Debug)]
+    struct LandsThenFails {
+        inner: InMemory,
+        faulty: AtomicU32,
+        fault: Fault,
+    }
+
+    impl std::fmt::Display for LandsThenFails {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "LandsThenFails")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for LandsThenFails {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            let create = matches!(opts.mode, PutMode::Create);
+            let landed = self.inner.put_opts(location, payload, opts).await?;
+            let fail = create
+                && self
+                    .faulty
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            match (fail, self.fault) {
+                (false, _) => Ok(landed),
+                (true, Fault::ServerError) => Err(object_store::Error::Generic {
+                    store: "test",
+                    source: "500 Internal Server Error after the write".into(),
+                }),
+                (true, Fault::Exists) => Err(object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: "the retried request found it".into(),
+                }),
+            }
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+        async fn rename_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: RenameOptions,
+        ) -> object_store::Result<()> {
+            self.inner.rename_opts(from, to, options).await
+        }
+    }
+
+    fn faulty(fault: Fault, puts: u32) -> LakeStore {
+        LakeStore {
+            store: Arc::new(LandsThenFails {
+                inner: InMemory::new(),
+                faulty: AtomicU32::new(puts),
+                fault,
+            }),
+            root: Path::default(),
+            display: "memory://faulty".to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_that_landed_is_this_writes_whatever_the_store_answered() {
+        for fault in [Fault::ServerError, Fault::Exists] {
+            let lake = faulty(fault, 1);
+            let path = lake.path("x/v1.json");
+            let created = lake.create(&path, Bytes::from_static(b"mine")).await;
+            assert!(
+                matches!(created, Ok(Created::Written { .. })),
+                "{fault:?}: {created:?}"
+            );
+            let again = lake.create(&path, Bytes::from_static(b"theirs")).await;
+            assert_eq!(again.unwrap(), Created::Taken, "{fault:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_or_a_commit_whose_write_landed_is_not_lost_to_the_answer() {
+        for fault in [Fault::ServerError, Fault::Exists] {
+            // The lease's creation and the manifest's commit both land, then fail.
+            let lake = faulty(fault, 2);
+            let none = tokio_util::sync::CancellationToken::new;
+            let lock = LakeLock::acquire(&lake, "r", 0, std::time::Duration::ZERO, &none(), none())
+                .await
+                .unwrap();
+            assert_eq!(lock.fence().generation(), 1, "{fault:?}: its own lease");
+            let mut m = Manifest::load(&lake).await.unwrap();
+            m.commit(&lake, "r", &lock.fence()).await.unwrap();
+            assert_eq!(m.version, 1);
+            assert_eq!(Manifest::load(&lake).await.unwrap(), m);
+            lock.release().await;
         }
     }
 }

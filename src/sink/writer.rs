@@ -55,6 +55,11 @@ pub enum WriteError {
     },
     #[error("splitting a batch by date: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("flushing {path} to disk: {source}")]
+    Sync {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Size limits of the writer.
@@ -385,6 +390,12 @@ impl PartitionedWriter {
                 source,
             })?;
         let relative = self.lake.relative(&file.path);
+        self.lake
+            .sync_local(&[&relative])
+            .map_err(|source| WriteError::Sync {
+                path: relative.clone(),
+                source,
+            })?;
         self.done.push(WrittenFile {
             partition: file.partition,
             path: relative,

@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::dedupe::{Bucketing, is_bucket_file};
-use super::{MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, plan, to_time};
+use super::{
+    MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, plan, same_layout,
+    switch_layout, to_time,
+};
 use crate::catalog::SyncMode;
 use crate::manifest::Quarantined;
 use crate::sink::{Partitioning, WrittenFile, day_of, partition_day};
@@ -100,14 +103,16 @@ impl StreamCtx<'_> {
     }
 
     /// Incremental units; `deduped`: in the bucketed layout of `incremental-deduped`
-    /// ([`dedupe`](super::dedupe)). A change between that layout and the dated one starts
-    /// over from `--start-date`, and the first unit's commit retires the other layout.
+    /// ([`dedupe`](super::dedupe)). A change of layout (between that one, the dated one and
+    /// `full-refresh-append`'s snapshots) starts over from `--start-date`, and the first
+    /// unit's commit resets the cursor and retires the other layout ([`switch_layout`]).
     pub(super) async fn incremental(&self, deduped: bool, p: &mut Progress) -> Result<(), String> {
         let fetcher = self.fetcher()?;
-        let state = self
-            .state()
-            .await
-            .filter(|s| (s.mode == SyncMode::IncrementalDeduped) == deduped);
+        let mode = match deduped {
+            true => SyncMode::IncrementalDeduped,
+            false => SyncMode::Incremental,
+        };
+        let state = self.state().await.filter(|s| same_layout(s.mode, mode));
         let bucketing = deduped.then(|| {
             let buckets = state.as_ref().and_then(|s| s.buckets);
             self.bucketing(buckets.unwrap_or(self.opts().dedupe_buckets).max(1))
@@ -189,10 +194,7 @@ impl StreamCtx<'_> {
                     let cursor = self
                         .run
                         .commit(self.stream, |s| {
-                            s.mode = match deduped {
-                                true => SyncMode::IncrementalDeduped,
-                                false => SyncMode::Incremental,
-                            };
+                            let mut retired = switch_layout(s, self.stream.name, mode);
                             s.buckets = buckets;
                             let (old, keep): (Vec<_>, Vec<_>) =
                                 std::mem::take(&mut s.files).into_iter().partition(|f| {
@@ -213,7 +215,8 @@ impl StreamCtx<'_> {
                                 ));
                             }
                             s.quarantine = subtract(std::mem::take(&mut s.quarantine), unit);
-                            old.into_iter().map(|f| f.file.path).collect()
+                            retired.extend(old.into_iter().map(|f| f.file.path));
+                            retired
                         })
                         .await
                         .map_err(|e| e.to_string())?;
@@ -250,6 +253,7 @@ impl StreamCtx<'_> {
                     let cursor = self
                         .run
                         .commit(self.stream, |s| {
+                            let retired = switch_layout(s, self.stream.name, mode);
                             let mut kept = subtract(std::mem::take(&mut s.quarantine), unit);
                             kept.push(q);
                             kept.sort_by_key(|q| q.start);
@@ -260,7 +264,7 @@ impl StreamCtx<'_> {
                                         .map_or(unit.end, |c| c.timestamp_micros().max(unit.end)),
                                 ));
                             }
-                            Vec::new()
+                            retired
                         })
                         .await
                         .map_err(|e| e.to_string())?;

@@ -14,11 +14,15 @@
 //! the manifest.
 //!
 //! A run holds the lake's lease ([`crate::lock`]) from before it reads the manifest until
-//! its report is written, so no other run writes the lake meanwhile; that is what lets it
-//! remove every file no manifest names. When `SyncOptions::cancel` fires (Ctrl-C, SIGTERM)
-//! or the lease is lost, no new unit, list or stream starts; the unit in flight finishes and
-//! commits (a full refresh, which commits only at its end, deletes its files instead), and
-//! the streams stopped early report `interrupted`.
+//! its report is written, and its first commit is a fence of its lease generation, so no
+//! older run commits after it. Then it removes the files that are provably its own garbage:
+//! of its own name pattern, named by no commit, last written before the previous holder's
+//! lease expired. Anything else under `--dest` belongs to someone else and stays; and a
+//! `--dest` with objects in a stream's folder but no manifest is refused before anything is
+//! written. When `SyncOptions::cancel` fires (Ctrl-C, SIGTERM) or the lease is lost, no new
+//! unit, list or stream starts; the unit in flight finishes and commits if the run still
+//! holds the lease (a full refresh, which commits only at its end, deletes its files
+//! instead), and the streams stopped early report `interrupted`.
 
 mod custom_fields;
 mod dated;
@@ -42,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiClient;
 use crate::catalog::{Layout, Source, StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
-use crate::lock::{LakeLock, LockError};
+use crate::lock::{LakeLock, LeaseFence, LockError};
 use crate::manifest::{LiveFile, Manifest, ManifestError, StreamState};
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
@@ -62,6 +66,23 @@ pub enum SyncError {
     Schema {
         stream: String,
         source: crate::convert::schema::SchemaError,
+    },
+    #[error(
+        "{dest} holds objects in the streams' folders but no manifest (`_manifest/`), so they \
+         are not a lake of this tool's, or its manifest was not copied: {}{}. Nothing was \
+         written. Use an empty prefix for a new lake, or restore `_manifest/`",
+        paths.join(", "),
+        if *more > 0 { format!(" and {more} more") } else { String::new() }
+    )]
+    NotALake {
+        dest: String,
+        paths: Vec<String>,
+        more: usize,
+    },
+    #[error("listing {dest}: {source}")]
+    List {
+        dest: String,
+        source: object_store::Error,
     },
 }
 
@@ -241,6 +262,8 @@ struct Run {
     extracted_at: i64,
     /// Fired by `opts.cancel` or when the lease is lost: start nothing new.
     stop: CancellationToken,
+    /// Every commit checks it and carries its lease generation.
+    fence: LeaseFence,
 }
 
 impl Run {
@@ -265,7 +288,7 @@ impl Run {
             let superseded = change(state);
             state.last_run = Some(self.run_id.clone());
             let cursor = state.cursor;
-            next.commit(&self.lake, &self.run_id).await?;
+            next.commit(&self.lake, &self.run_id, &self.fence).await?;
             *manifest = next;
             (superseded, cursor)
         };
@@ -293,10 +316,13 @@ pub async fn run(
 ) -> Result<RunReport, SyncError> {
     let started_at = Utc::now();
     let run_id = new_run_id(started_at);
+    refuse_foreign_dest(&lake, &opts.streams).await?;
+    let floor = Manifest::load(&lake).await?.lease_generation;
     let stop = opts.cancel.child_token();
     let lock = LakeLock::acquire(
         &lake,
         &run_id,
+        floor,
         opts.wait_for_lock,
         &opts.cancel,
         stop.clone(),
@@ -319,8 +345,6 @@ async fn run_locked(
     stop: CancellationToken,
     lock: &LakeLock,
 ) -> Result<RunReport, SyncError> {
-    let manifest = Manifest::load(&lake).await?;
-    tracing::info!(run = %run_id, dest = %lake.display, streams = opts.streams.len(), "sync started");
     let mut schemas = Vec::new();
     for s in &opts.streams {
         let schema = StreamSchema::parse(s.name, s.schema, s.is_event()).map_err(|source| {
@@ -331,7 +355,16 @@ async fn run_locked(
         })?;
         schemas.push((*s, Arc::new(schema)));
     }
-    remove_garbage(&lake, &manifest, &opts.streams).await;
+    let fence = lock.fence();
+    let manifest = Manifest::fence(&lake, &run_id, &fence).await?;
+    tracing::info!(run = %run_id, dest = %lake.display, streams = opts.streams.len(), version = manifest.version, lease = fence.generation(), "sync started");
+    if manifest.recovered {
+        tracing::warn!(
+            "deleting nothing this run: the manifest was recovered from an older version"
+        );
+    } else {
+        remove_garbage(&lake, &manifest, &opts.streams, lock.cleanup_before()).await;
+    }
     let run = Arc::new(Run {
         extracted_at: started_at.timestamp_micros(),
         lake,
@@ -340,6 +373,7 @@ async fn run_locked(
         run_id,
         opts,
         stop,
+        fence,
     });
     let concurrency = run.opts.concurrency.max(1);
     let streams: Vec<StreamReport> = futures::stream::iter(schemas)
@@ -379,11 +413,93 @@ async fn write_report(lake: &LakeStore, report: &RunReport) {
     }
 }
 
-/// Delete files under the streams' folders that no manifest names: leftovers of crashed or
-/// killed runs. The run holds the lake's lease, so no other run is writing there.
-async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'static StreamDef]) {
+/// Refuse a `--dest` without a manifest whose streams' folders hold anything: its objects
+/// are someone else's, or a lake whose manifest was not copied; either way not garbage.
+async fn refuse_foreign_dest(
+    lake: &LakeStore,
+    streams: &[&'static StreamDef],
+) -> Result<(), SyncError> {
+    const SHOWN: usize = 5;
+    let list_err = |source| SyncError::List {
+        dest: lake.display.clone(),
+        source,
+    };
+    let manifests = lake
+        .store
+        .list(Some(&lake.path(crate::manifest::MANIFEST_DIR)));
+    if !manifests
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(list_err)?
+        .is_empty()
+    {
+        return Ok(());
+    }
+    let mut found = Vec::new();
+    for s in streams {
+        let objects: Vec<_> = lake
+            .store
+            .list(Some(&lake.path(s.name)))
+            .try_collect()
+            .await
+            .map_err(list_err)?;
+        found.extend(objects.iter().map(|o| lake.relative(&o.location)));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    let more = found.len().saturating_sub(SHOWN);
+    found.truncate(SHOWN);
+    Err(SyncError::NotALake {
+        dest: lake.display.clone(),
+        paths: found,
+        more,
+    })
+}
+
+/// Whether `name` is the name of a data file this tool writes, `part-<run id>-<n>.parquet`
+/// (run id: `YYYYMMDDTHHMMSSZ-xxxxxx`, see [`new_run_id`]), or of a local upload of one in
+/// progress (`…parquet#<n>`).
+fn own_file_name(name: &str) -> bool {
+    let name = match name.rsplit_once('#') {
+        Some((file, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => file,
+        Some(_) => return false,
+        None => name,
+    };
+    let Some(rest) = name
+        .strip_prefix("part-")
+        .and_then(|r| r.strip_suffix(".parquet"))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    b.len() > 25
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..23].iter().all(|c| c.is_ascii_hexdigit())
+        && b[23] == b'-'
+        && digits(24..b.len())
+}
+
+/// Delete the files under the streams' folders that are provably garbage of this tool's:
+/// of its own name pattern, named by no commit, and last written before `before` (the
+/// previous holder's lease expiry, or this run's acquisition, on the store's clock), so a
+/// file of a run that still writes is never taken. Everything else stays; objects that are
+/// not the tool's are logged once.
+async fn remove_garbage(
+    lake: &LakeStore,
+    manifest: &Manifest,
+    streams: &[&'static StreamDef],
+    before: DateTime<Utc>,
+) {
     let live: BTreeSet<&str> = manifest.live_paths().collect();
-    remove_staging_files(lake, streams);
+    remove_staging_files(lake, streams, before);
+    let mut foreign = Vec::new();
     for s in streams {
         let prefix = lake.path(s.name);
         let Ok(objects) = lake.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
@@ -391,17 +507,32 @@ async fn remove_garbage(lake: &LakeStore, manifest: &Manifest, streams: &[&'stat
         };
         for o in objects {
             let relative = lake.relative(&o.location);
-            if !live.contains(relative.as_str()) {
+            if live.contains(relative.as_str()) {
+                continue;
+            }
+            if !o.location.filename().is_some_and(own_file_name) {
+                foreign.push(relative);
+            } else if o.last_modified < before {
                 tracing::info!(path = %relative, "removing a file no commit names");
                 let _ = lake.store.delete(&o.location).await;
+            } else {
+                tracing::info!(path = %relative, "leaving a file no commit names yet: written after the previous run's lease expired; a later run removes it");
             }
         }
     }
+    if !foreign.is_empty() {
+        tracing::warn!(
+            count = foreign.len(),
+            first = %foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            "objects in the streams' folders that this tool did not write are left alone"
+        );
+    }
 }
 
-/// Delete the staging files (`<name>#<digits>`) of uploads a killed run left in a local
-/// lake's stream folders: the object store does not list them, so nothing else would.
-fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef]) {
+/// Delete the staging files (`part-…parquet#<digits>`) of uploads a killed run left in a
+/// local lake's stream folders, last written before `before`: the object store does not
+/// list them, so nothing else would.
+fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef], before: DateTime<Utc>) {
     let Some(root) = lake.local_dir() else {
         return;
     };
@@ -414,16 +545,78 @@ fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef]) {
             let staging = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.rsplit_once('#'))
-                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                .is_some_and(|n| n.contains('#') && own_file_name(n));
+            let old = || {
+                std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| DateTime::<Utc>::from(t) < before)
+            };
             if path.is_dir() {
                 dirs.push(path);
-            } else if staging {
+            } else if staging && old() {
                 tracing::info!(path = %path.display(), "removing an unfinished upload");
                 let _ = std::fs::remove_file(&path);
             }
         }
     }
+}
+
+/// How a mode lays a dated stream's files out. Modes of one layout continue each other's
+/// cursor; a change of layout starts the stream over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileLayout {
+    /// `date=` folders: `incremental` and `full-refresh-overwrite`.
+    Dated,
+    /// `bucket=` folders: `incremental-deduped`.
+    Buckets,
+    /// `snapshot_date=` folders: `full-refresh-append`.
+    Snapshots,
+}
+
+fn layout_of(mode: SyncMode) -> FileLayout {
+    match mode {
+        SyncMode::Incremental | SyncMode::FullRefreshOverwrite => FileLayout::Dated,
+        SyncMode::IncrementalDeduped => FileLayout::Buckets,
+        SyncMode::FullRefreshAppend => FileLayout::Snapshots,
+    }
+}
+
+/// Whether a stream last synced in `from` continues from its cursor in `to`.
+fn same_layout(from: SyncMode, to: SyncMode) -> bool {
+    layout_of(from) == layout_of(to)
+}
+
+fn file_layout(stream: &str, f: &LiveFile) -> Option<FileLayout> {
+    let rest = f.file.path.strip_prefix(stream)?.strip_prefix('/')?;
+    [
+        ("date=", FileLayout::Dated),
+        ("bucket=", FileLayout::Buckets),
+        ("snapshot_date=", FileLayout::Snapshots),
+    ]
+    .into_iter()
+    .find_map(|(prefix, layout)| rest.starts_with(prefix).then_some(layout))
+}
+
+/// Put `s` in `mode`. When that changes the layout, start the stream over: forget its cursor,
+/// quarantined windows and pass checkpoint, and retire the files of every other layout
+/// (returned, to delete after the commit). Called in the commit that first writes in `mode`,
+/// so a switch happens whole or not at all.
+fn switch_layout(s: &mut StreamState, stream: &str, mode: SyncMode) -> Vec<String> {
+    let from = s.mode;
+    s.mode = mode;
+    if same_layout(from, mode) {
+        return Vec::new();
+    }
+    tracing::info!(stream, from = %from, to = %mode, "the mode's layout changed: starting the stream over and retiring the other layout's files");
+    s.cursor = None;
+    s.quarantine.clear();
+    s.checkpoint = None;
+    let to = layout_of(mode);
+    let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.files)
+        .into_iter()
+        .partition(|f| file_layout(stream, f) != Some(to));
+    s.files = keep;
+    old.into_iter().map(|f| f.file.path).collect()
 }
 
 fn floor_day(micros: i64) -> i64 {
@@ -673,6 +866,31 @@ impl StreamCtx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_file_names_are_part_run_id_number() {
+        let id = new_run_id(Utc::now());
+        for own in [
+            format!("part-{id}-00000.parquet"),
+            format!("part-{id}-12.parquet#3"),
+            "part-20240101T000000Z-abcdef-00007.parquet".to_string(),
+        ] {
+            assert!(own_file_name(&own), "{own}");
+        }
+        for foreign in [
+            "notes.txt",
+            "data.json",
+            "part-0.parquet",
+            "part-00000-1f2e3d.snappy.parquet",
+            "part-20240101T000000Z-abcdef-.parquet",
+            "part-20240101T000000Z-abcdeg-1.parquet",
+            "part-20240101T000000Z-abcdef-1.parquet#",
+            "part-20240101T000000Z-abcdef-1.parquet.tmp",
+            "notes.txt#1",
+        ] {
+            assert!(!own_file_name(foreign), "{foreign}");
+        }
+    }
 
     #[test]
     fn run_ids_sort_by_time_and_differ() {

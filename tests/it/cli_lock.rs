@@ -126,6 +126,14 @@ async fn wait_until(cond: impl Fn() -> bool + Send + 'static) {
     .unwrap();
 }
 
+/// Whether the newest manifest version's text contains `needle`.
+fn newest_manifest_names(lake: &Path, needle: &str) -> bool {
+    files_in(&lake.join("_manifest"))
+        .last()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|m| m.contains(needle))
+}
+
 fn commits(lake: &Path) -> usize {
     files_in(&lake.join("_manifest")).len()
 }
@@ -187,7 +195,7 @@ async fn a_second_sync_fails_at_once_naming_the_first_or_waits_for_it() {
     let lake = dir.path().join("lake");
     let first = spawn(&fake, &sync_args(&fake, &lake, END, &[]));
     let l = lake.clone();
-    wait_until(move || commits(&l) >= 1).await;
+    wait_until(move || newest_manifest_names(&l, "\"email_send\"")).await;
     let held = leases(&lake);
     assert_eq!(held.len(), 1, "{held:?}");
     let holder = held[0]["run_id"].as_str().unwrap().to_string();
@@ -261,11 +269,15 @@ async fn a_stale_lock_or_a_killed_run_does_not_block_the_lake_and_its_leftovers_
         "started_at": "2020-01-01T00:00:00Z", "renewed_at": "2020-01-01T00:00:00Z",
         "expires_at": "2020-01-01T00:05:00Z"
     });
-    std::fs::write(
-        lake.join("_lock/lease-00000000000000000004.json"),
-        stale.to_string(),
-    )
-    .unwrap();
+    let stale_lease = lake.join("_lock/lease-00000000000000000004.json");
+    std::fs::write(&stale_lease, stale.to_string()).unwrap();
+    // Leases are judged by when the store last saw them written, not by the holder's clock.
+    std::fs::File::options()
+        .write(true)
+        .open(&stale_lease)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
     let mut killed = spawn(&fake, &sync_args(&fake, &lake, END, &[]));
     let l = lake.clone();
     wait_until(move || commits(&l) >= 3).await;
@@ -281,10 +293,11 @@ async fn a_stale_lock_or_a_killed_run_does_not_block_the_lake_and_its_leftovers_
     // A file of the killed run that no manifest names, written just now.
     let m = manifest(&lake).await;
     assert!(m.streams.len() < catalog::STREAMS.len(), "killed mid-run");
-    let leftover = lake.join("email_send/date=2024-01-02/part-killed-0.parquet");
+    let leftover =
+        lake.join("email_send/date=2024-01-02/part-20240105T010203Z-0a1b2c-00000.parquet");
     std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
     std::fs::write(&leftover, b"PAR1 half a file").unwrap();
-    let staging = lake.join("users/date=2024-01-02/part-killed-1.parquet#3");
+    let staging = lake.join("users/date=2024-01-02/part-20240105T010203Z-0a1b2c-00001.parquet#3");
     std::fs::create_dir_all(staging.parent().unwrap()).unwrap();
     std::fs::write(&staging, b"half an upload").unwrap();
 
@@ -489,4 +502,227 @@ async fn dry_run_prints_the_windows_and_touches_neither_the_api_nor_the_lake() {
         "{out}"
     );
     assert_eq!(fake.requests("/api"), requests, "no request");
+}
+
+/// A sync's command line under `unshare --pid --fork --mount-proc`: its own PID namespace,
+/// as a second container on the same host would have.
+fn in_new_pid_namespace(fake: &FakeIterable, args: &[String]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", BIN])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("ITERABLE_API_KEY", &fake.config().api_key)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_in_another_pid_namespace_does_not_take_a_live_lease() {
+    let fake = fake(36, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let first = spawn(&fake, &sync_args(&fake, &lake, END, &[]));
+    let l = lake.clone();
+    wait_until(move || commits(&l) >= 1).await;
+    let holder = leases(&lake)[0]["run_id"].as_str().unwrap().to_string();
+    // In its own namespace the first run's pid does not exist: that proves nothing.
+    let mut cmd = in_new_pid_namespace(&fake, &sync_args(&fake, &lake, END, &[]));
+    let second = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(second.status.code(), Some(75), "{}", text(&second));
+    assert!(
+        text(&second).contains(&format!("locked by run {holder}")),
+        "{}",
+        text(&second)
+    );
+    let first = wait_output(first).await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let m = manifest(&lake).await;
+    assert_exact(&fake, &m, true);
+    assert_only_live_files(&lake, &m);
+}
+
+/// Every file the newest manifest names is in the lake.
+fn assert_named_files_exist(lake: &Path, manifest: &Manifest) {
+    for p in manifest.live_paths() {
+        assert!(
+            lake.join(p).is_file(),
+            "the manifest names {p}, which is missing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_frozen_past_its_lease_commits_nothing_after_a_takeover() {
+    let fake = fake(37, 60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let ttl = [(iterable_lake::lock::LEASE_TTL_ENV, "2")];
+    let mut first_cmd = command(
+        &fake,
+        &sync_args(&fake, &lake, END, &["--concurrency", "1"]),
+    );
+    first_cmd
+        .envs(ttl)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let first = first_cmd.spawn().unwrap();
+    let l = lake.clone();
+    wait_until(move || commits(&l) >= 3).await;
+    let pid = first.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The lease expired by the store's clock: a second run takes the lake over.
+    let mut second_cmd = command(
+        &fake,
+        &sync_args(&fake, &lake, END, &["--concurrency", "1"]),
+    );
+    second_cmd
+        .envs(ttl)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let second = second_cmd.spawn().unwrap();
+    let second_pid = u64::from(second.id());
+    let l = lake.clone();
+    wait_until(move || {
+        leases(&l)
+            .iter()
+            .any(|x| x["pid"].as_u64() == Some(second_pid))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal("-CONT");
+    let first = wait_output(first).await;
+    let second = wait_output(second).await;
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    assert!(
+        text(&first).contains("no longer holds the lake's lease"),
+        "{}",
+        text(&first)
+    );
+    assert_eq!(run_report(&lake, &first)["lease_lost"], true);
+    let m = manifest(&lake).await;
+    assert_named_files_exist(&lake, &m);
+    assert_exact(&fake, &m, true);
+    // What the frozen run wrote after it woke is garbage the next run removes.
+    let again = run(&fake, sync_args(&fake, &lake, END, &[])).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let m = manifest(&lake).await;
+    assert_exact(&fake, &m, true);
+    assert_only_live_files(&lake, &m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_the_tool_did_not_write_are_never_deleted() {
+    let fake = fake(38, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let put = |rel: &str, body: &[u8]| {
+        let p = lake.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    // A prefix that holds someone else's files, with no manifest: refused, nothing touched.
+    let notes = put("users/notes.txt", b"mine");
+    let data = put("email_send/2023/data.json", b"{}");
+    let before = files_in(&lake);
+    let out = run(&fake, sync_args(&fake, &lake, END, &[])).await;
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("email_send/2023/data.json") && msg.contains("users/notes.txt"),
+        "{msg}"
+    );
+    assert!(msg.contains("empty prefix"), "{msg}");
+    assert_eq!(files_in(&lake), before, "nothing written, nothing deleted");
+    assert_eq!(fake.requests("/api"), 0);
+
+    // Next to a lake of the tool's, foreign files stay; its own leftovers go.
+    std::fs::remove_dir_all(&lake).unwrap();
+    let first = run(&fake, sync_args(&fake, &lake, "2024-01-03T00:00:00Z", &[])).await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let foreign = [
+        put("users/notes.txt", b"mine"),
+        put("email_send/2023/data.json", b"{}"),
+        put(
+            "email_send/date=2024-01-02/part-00000-1f2e.snappy.parquet",
+            b"PAR1",
+        ),
+        put("email_send/date=2024-01-02/notes.txt#1", b"x"),
+    ];
+    let own = [
+        put(
+            "email_send/date=2024-01-02/part-20240105T010203Z-0a1b2c-00000.parquet",
+            b"PAR1",
+        ),
+        put(
+            "users/date=2024-01-02/part-20240105T010203Z-0a1b2c-00001.parquet#3",
+            b"x",
+        ),
+    ];
+    let again = run(&fake, sync_args(&fake, &lake, END, &[])).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    for f in &foreign {
+        assert!(f.is_file(), "{} was deleted", f.display());
+    }
+    for f in &own {
+        assert!(!f.exists(), "{} was left", f.display());
+    }
+    let logs = text(&again);
+    assert_eq!(
+        logs.matches("that this tool did not write are left alone")
+            .count(),
+        1,
+        "{logs}"
+    );
+    assert!(notes.is_file() && data.is_file());
+    assert_exact(&fake, &manifest(&lake).await, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_newest_manifest_falls_back_and_that_run_deletes_nothing() {
+    let fake = fake(39, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let streams = ["--streams", "email_send,users"];
+    let first = run(
+        &fake,
+        sync_args(&fake, &lake, "2024-01-03T00:00:00Z", &streams),
+    )
+    .await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    // A power loss tore the newest version; a killed run left a file behind.
+    let newest = files_in(&lake.join("_manifest")).pop().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 3]).unwrap();
+    let leftover =
+        lake.join("email_send/date=2024-01-02/part-20240105T010203Z-0a1b2c-00000.parquet");
+    std::fs::write(&leftover, b"PAR1 half a file").unwrap();
+
+    let second = run(&fake, sync_args(&fake, &lake, END, &streams)).await;
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let logs = text(&second);
+    assert!(
+        logs.contains("the newest manifest version is unreadable"),
+        "{logs}"
+    );
+    assert!(logs.contains("deleting nothing this run"), "{logs}");
+    assert!(leftover.is_file(), "a recovering run deletes nothing");
+    let m = manifest(&lake).await;
+    assert_named_files_exist(&lake, &m);
+    assert_exact(&fake, &m, false);
+
+    let third = run(&fake, sync_args(&fake, &lake, END, &streams)).await;
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    assert!(!leftover.exists(), "the next run removes it");
+    let m = manifest(&lake).await;
+    assert_exact(&fake, &m, false);
+    assert_only_live_files(&lake, &m);
 }

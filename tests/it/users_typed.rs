@@ -336,3 +336,91 @@ async fn deduped_users_on_s3() {
     let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
     deduped_runs_hold_the_latest_row_per_user(&fake, &lake).await;
 }
+
+/// `users` holds exactly one row per user updated in `[START, end)`, each the latest.
+async fn assert_one_latest_row_per_user(fake: &FakeIterable, lake: &LakeStore, end: DateTime<Utc>) {
+    let want: BTreeMap<String, i64> = truth(fake, t(START), end)
+        .iter()
+        .map(|(e, v)| (e.clone(), micros(&v["profileUpdatedAt"])))
+        .collect();
+    let rows = live_rows(lake).await;
+    let got: BTreeMap<String, i64> = rows.iter().map(|(e, at, _, _)| (e.clone(), *at)).collect();
+    assert_eq!(got.len(), rows.len(), "one row per user");
+    assert_eq!(got.len(), want.len(), "every user");
+    assert_eq!(got, want);
+}
+
+/// Every live file of `users` lies in the layout of `prefix` (`date=`, `bucket=`).
+async fn assert_layout(lake: &LakeStore, prefix: &str) {
+    let m = Manifest::load(lake).await.unwrap();
+    let files = &m.streams["users"].files;
+    assert!(!files.is_empty());
+    for f in files {
+        let rest = f.file.path.strip_prefix("users/").unwrap();
+        assert!(
+            rest.starts_with(prefix),
+            "{} is not in {prefix}",
+            f.file.path
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_of_mode_stopped_early_leaves_no_gap() {
+    let fake = FakeIterable::start(FakeConfig::small(23)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let (early, end) = (t("2024-01-02T00:00:00Z"), t("2024-01-04T00:00:00Z"));
+    sync_users(&fake, &lake, end, Some(SyncMode::Incremental)).await;
+    // The switch's first run stops early; the next one must still read from the start.
+    sync_users(&fake, &lake, early, Some(SyncMode::IncrementalDeduped)).await;
+    let m = Manifest::load(&lake).await.unwrap();
+    assert_eq!(
+        m.streams["users"].cursor,
+        Some(early),
+        "the switch reset the cursor"
+    );
+    assert_layout(&lake, "bucket=").await;
+    let last = sync_users(&fake, &lake, end, Some(SyncMode::IncrementalDeduped)).await;
+    assert_ne!(last.streams[0].status, StreamStatus::UpToDate);
+    assert_one_latest_row_per_user(&fake, &lake, end).await;
+    assert_layout(&lake, "bucket=").await;
+    // And back, stopped early again. `incremental` keeps a user's older profile in the
+    // partition of its older update: every user is there, with its latest profile among its
+    // rows, and no row twice.
+    sync_users(&fake, &lake, early, Some(SyncMode::Incremental)).await;
+    assert_layout(&lake, "date=").await;
+    sync_users(&fake, &lake, end, Some(SyncMode::Incremental)).await;
+    let rows = live_rows(&lake).await;
+    let distinct: BTreeSet<(String, i64)> =
+        rows.iter().map(|(e, at, _, _)| (e.clone(), *at)).collect();
+    assert_eq!(distinct.len(), rows.len(), "no row twice");
+    let mut latest: BTreeMap<String, i64> = BTreeMap::new();
+    for (e, at) in distinct {
+        let l = latest.entry(e).or_insert(at);
+        *l = (*l).max(at);
+    }
+    let want: BTreeMap<String, i64> = truth(&fake, t(START), end)
+        .iter()
+        .map(|(e, v)| (e.clone(), micros(&v["profileUpdatedAt"])))
+        .collect();
+    assert_eq!(latest, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_refresh_append_then_incremental_retires_every_snapshot() {
+    let fake = FakeIterable::start(FakeConfig::small(24)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let end = t("2024-01-04T00:00:00Z");
+    sync_users(&fake, &lake, end, Some(SyncMode::FullRefreshAppend)).await;
+    assert_layout(&lake, "snapshot_date=").await;
+    sync_users(&fake, &lake, end, Some(SyncMode::Incremental)).await;
+    assert_layout(&lake, "date=").await;
+    assert_one_latest_row_per_user(&fake, &lake, end).await;
+    // full-refresh-append, then deduped: the snapshots go too.
+    sync_users(&fake, &lake, end, Some(SyncMode::FullRefreshAppend)).await;
+    sync_users(&fake, &lake, end, Some(SyncMode::IncrementalDeduped)).await;
+    assert_layout(&lake, "bucket=").await;
+    assert_one_latest_row_per_user(&fake, &lake, end).await;
+}
