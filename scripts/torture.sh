@@ -353,7 +353,9 @@ seq_freeze() {
         skip "$name" "the binary does not read ITERABLE_LAKE_LEASE_TTL_SECS"
         return
     fi
-    start_fake "$name" --latency-ms 20
+    # Slow answers (0.8 s each), so the first run is still mid-way when it is frozen.
+    start_fake "$name" --latency-ms 800
+    local frozen=0
     for i in $(seq 1 "$ITER"); do
         dest="$(new_dest local "$name-$i")"
         sync_cmd "$dest"
@@ -365,8 +367,8 @@ seq_freeze() {
             compgen -G "$dest/_lock/lease-*.json" >/dev/null && break
             sleep 0.02
         done
-        sleep "$(ms "$(rand 1500)")"
-        kill -STOP "$pa" 2>/dev/null || true
+        sleep "$(ms "$(rand 1200)")"
+        kill -STOP "$pa" 2>/dev/null && frozen=$((frozen + 1))
         sleep $((ttl + 1))
         t0="$(date +%s%N)"
         ITERABLE_LAKE_LEASE_TTL_SECS=$ttl ITERABLE_API_KEY="$KEY" "${CMD[@]}" \
@@ -400,6 +402,7 @@ seq_freeze() {
             fail "$name" "round $i (first exited $ra, second $rb after ${took} ms): $why (logs $W/logs/$name-$i-{a,b}.log)"
         fi
     done
+    say "$name: the first run was frozen mid-run in $frozen of $ITER rounds"
     stop_fake
 }
 
