@@ -612,6 +612,7 @@ fn fake_faults(args: &FakeFaultArgs) -> Faults {
         random_500: args.random_500.unwrap_or(0.0),
         random_500_seed: args.random_500_seed,
         latency: args.latency_ms.map(Duration::from_millis),
+        failing_lists: args.failing_lists.clone(),
         ..Faults::default()
     }
 }
@@ -739,6 +740,7 @@ mod tests {
         let f = fake_faults(&fake_api_args(&[]).faults);
         assert_eq!(f.export_rate, None);
         assert!(f.cut_off.is_none() && f.latency.is_none() && !f.retry_after);
+        assert!(f.failing_lists.is_empty());
         assert_eq!(f.random_500, 0.0);
 
         let f = fake_faults(
@@ -760,9 +762,12 @@ mod tests {
                 "--export-rate-window",
                 "2s",
                 "--retry-after",
+                "--failing-lists",
+                "3,14",
             ])
             .faults,
         );
+        assert_eq!(f.failing_lists, [3, 14]);
         assert_eq!((f.random_500, f.random_500_seed), (0.25, 9));
         let cut = f.cut_off.unwrap();
         assert_eq!(

@@ -392,6 +392,9 @@ pub struct FakeFaultArgs {
     /// Send `Retry-After` with the 429s of --export-rate.
     #[arg(long, requires = "export_rate")]
     pub retry_after: bool,
+    /// Lists (comma-separated ids) whose getUsers always answers 500 GenericError.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub failing_lists: Vec<i64>,
 }
 
 /// A share between 0 and 1.
