@@ -31,8 +31,9 @@
 #                         requests, yet two nightly runs converge (exit 0, exact)
 #   short-body            bodies ending cleanly mid-line (needs `fake-api --cut-off-clean`,
 #                         skipped without it)
-#   empty-events          every list's getUsers failing must not empty `events` (skipped: the
-#                         fake-api has no flag to fail every list yet)
+#   empty-events          `events` synced, then a run while every list's getUsers fails
+#                         (stopped by SIGTERM after TORTURE_OUTAGE_SECS, default 10: the
+#                         client retries a list for minutes): the stream keeps its rows
 # Prints a table (sequence, iterations, failures) and exits 1 if any failed.
 #
 # Environment:
@@ -43,6 +44,8 @@
 #                       printed, so a failure can be replayed)
 #   TORTURE_KEEP=1      keep the work folder (lakes, logs) also when everything passed; it
 #                       is always kept after a failure
+#   TORTURE_OUTAGE_SECS how long the empty-events outage run may go on before its SIGTERM
+#                       (default 10; 900 lets the client's retries of every list run out)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -551,8 +554,55 @@ seq_short_body() {
 }
 
 seq_empty_events() {
-    begin empty-events
-    skip empty-events "fake-api cannot fail every list's getUsers yet"
+    local name=empty-events dest before after lists
+    begin "$name"
+    if ! "$BIN" fake-api --help | grep -q -- --failing-lists; then
+        skip "$name" "fake-api has no --failing-lists"
+        return
+    fi
+    start_fake "$name"
+    dest="$(new_dest local "$name")"
+    run_sync "$W/logs/$name-1.log" "$dest" --streams events
+    before="$("$PY" "$REPO/scripts/torture_check.py" --dest "$dest" --rows events)"
+    lists="$("$PY" - "$FAKE_URL" "$KEY" <<'EOF'
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "lists", headers={"Api-Key": sys.argv[2]})
+print(",".join(str(l["id"]) for l in json.load(urllib.request.urlopen(req))["lists"]))
+EOF
+)"
+    stop_fake
+    # An outage: every list's getUsers fails. The pass must not complete from no members,
+    # nor retire the rows it had. The client retries a failing list for minutes before it
+    # gives up, so the run is stopped (SIGTERM, as a scheduler's timeout does) after
+    # TORTURE_OUTAGE_SECS unless it ended by then.
+    start_fake "$name-outage" --failing-lists "$lists"
+    sync_cmd "$dest" --streams events
+    ITERABLE_API_KEY="$KEY" "${CMD[@]}" >"$W/logs/$name-2.log" 2>&1 </dev/null &
+    local pid=$! t stopped=""
+    for ((t = 0; t < ${TORTURE_OUTAGE_SECS:-10} * 10; t++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -TERM "$pid" 2>/dev/null; then
+        stopped=", stopped by SIGTERM"
+        for ((t = 0; t < 100; t++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null && stopped=", not stopped 10 s after SIGTERM: killed"
+    fi
+    set +e
+    wait "$pid" 2>/dev/null
+    RC=$?
+    set -e
+    after="$("$PY" "$REPO/scripts/torture_check.py" --dest "$dest" --rows events)" || after=missing
+    if [[ $before -gt 0 && $after =~ ^[0-9]+$ && $after -ge $before ]]; then
+        say "$name: events kept $after of $before rows (the outage run exited $RC$stopped)"
+        pass "$name"
+    else
+        fail "$name" "events held $before rows, after a run with every list failing (exit $RC$stopped) $after (logs $W/logs/$name-{1,2}.log)"
+    fi
+    stop_fake
 }
 
 wants kill-local && seq_kill local

@@ -3,6 +3,7 @@
 Usage: torture_check.py --dest DEST --streams a,b --truth TRUTH [--exact]
                         [--previous FILE] [--save FILE] [--allow-empty]
        torture_check.py --dest DEST --commits
+       torture_check.py --dest DEST --rows STREAM
 
 DEST is a local folder or s3://bucket/prefix (S3 through the AWS_* variables, DuckDB's httpfs
 from ITERABLE_LAKE_DUCKDB_HTTPFS). TRUTH is `iterable-lake fake-truth` output: one line per
@@ -20,6 +21,8 @@ Always checked, on the latest manifest version (`_manifest/v*.json`, the highest
 --allow-empty: a lake with no manifest passes (a run killed before its first commit).
 --commits:   print the run that committed each manifest version still in the lake, oldest
              first, one a line (`torn` for one that does not parse), and check nothing.
+--rows:      print the rows the latest manifest records for STREAM's live files (0 when it
+             has none); exit 1 when one of them does not exist.
 """
 
 import argparse
@@ -116,6 +119,19 @@ def print_commits(lake):
             print("torn")
 
 
+def print_rows(lake, stream):
+    problems = []
+    name, manifest = latest_manifest(lake, problems)
+    files = ((manifest or {}).get("streams", {}).get(stream) or {}).get("files", [])
+    problems += [
+        f"{name} names {f['path']}, which does not exist" for f in files if not lake.exists(f["path"])
+    ]
+    for p in problems:
+        print(f"violation: {p}", file=sys.stderr)
+    print(sum(f["rows"] for f in files))
+    return 1 if problems else 0
+
+
 def load_truth(path, streams):
     truth = collections.Counter()
     with open(path) as f:
@@ -164,6 +180,7 @@ def main():
     ap.add_argument("--streams")
     ap.add_argument("--truth")
     ap.add_argument("--commits", action="store_true")
+    ap.add_argument("--rows", metavar="STREAM")
     ap.add_argument("--exact", action="store_true")
     ap.add_argument("--previous")
     ap.add_argument("--save")
@@ -173,6 +190,8 @@ def main():
     if args.commits:
         print_commits(lake)
         return 0
+    if args.rows:
+        return print_rows(lake, args.rows)
     if not args.streams or not args.truth:
         ap.error("--streams and --truth are required")
     streams = [s for s in args.streams.split(",") if s]
