@@ -41,7 +41,8 @@
 #                       TORTURE_PROFILE=release for a release build)
 #   TORTURE_ONLY        comma-separated sequence names to run (default: all)
 #   TORTURE_SEED        seed of the random kill times, delays and faults (default: random;
-#                       printed, so a failure can be replayed)
+#                       printed, so a failure can be replayed: the same choices, though
+#                       the processes' timing still varies)
 #   TORTURE_KEEP=1      keep the work folder (lakes, logs) also when everything passed; it
 #                       is always kept after a failure
 #   TORTURE_OUTAGE_SECS how long the empty-events outage run may go on before its SIGTERM
@@ -133,8 +134,9 @@ fail() {
 }
 skip() { NOTES[$1]="skipped: $2"; }
 
-# rand N: a number in [0, N).
-rand() { echo $((RANDOM * 32768 + RANDOM)) | awk -v n="$1" '{ print $1 % n }'; }
+# rand N: sets R to a number in [0, N), from the seeded sequence (not in a subshell, whose
+# RANDOM bash reseeds).
+rand() { R=$(((RANDOM * 32768 + RANDOM) % $1)); }
 ms() { awk -v m="$1" 'BEGIN { printf "%.3f", m / 1000 }'; }
 
 # start_fake NAME [fake-api flags...]: a fake-api in the background; sets FAKE_URL, FAKE_PID.
@@ -274,7 +276,8 @@ seq_kill() {
     say "$name: an uninterrupted faulty run took ${took} ms (exit $RC); kills within ${max} ms"
     local prev="$W/$name.live"
     for i in $(seq 1 "$ITER"); do
-        delay="$(rand "$max")"
+        rand "$max"
+        delay=$R
         sync_cmd "$dest"
         AWS_ENDPOINT_URL="$endpoint" ITERABLE_API_KEY="$KEY" "${CMD[@]}" >"$W/logs/$name-$i.log" 2>&1 </dev/null &
         pid=$!
@@ -309,7 +312,8 @@ race_once() {
     fi
     ITERABLE_API_KEY="$KEY" "${a[@]}" >"$W/logs/$name-$i-a.log" 2>&1 </dev/null &
     pa=$!
-    sleep "$(ms "$(rand 300)")"
+    rand 300
+    sleep "$(ms "$R")"
     ITERABLE_API_KEY="$KEY" "${b[@]}" >"$W/logs/$name-$i-b.log" 2>&1 </dev/null &
     pb=$!
     set +e
@@ -370,7 +374,8 @@ seq_freeze() {
             compgen -G "$dest/_lock/lease-*.json" >/dev/null && break
             sleep 0.02
         done
-        sleep "$(ms "$(rand 1200)")"
+        rand 1200
+        sleep "$(ms "$R")"
         kill -STOP "$pa" 2>/dev/null && frozen=$((frozen + 1))
         sleep $((ttl + 1))
         t0="$(date +%s%N)"
@@ -378,7 +383,8 @@ seq_freeze() {
             >"$W/logs/$name-$i-b.log" 2>&1 </dev/null &
         pb=$!
         # Resume the first while the second runs, or after it ended.
-        sleep "$(ms "$(rand 4000)")"
+        rand 4000
+        sleep "$(ms "$R")"
         kill -CONT "$pa" 2>/dev/null || true
         set +e
         wait "$pb"
