@@ -21,7 +21,8 @@
 #                         reset mid-upload, 500 after a write that succeeded, latency): each
 #                         run retries or fails cleanly, never names a missing object or loses
 #                         a committed record; then a clean run is exact
-#   foreign-files         files the tool did not write under a fresh --dest survive a sync
+#   foreign-files         files the tool did not write, under a fresh --dest or next to a
+#                         lake (local and S3), survive a sync
 #   torn-manifest         a truncated or empty latest manifest: the next sync warns, falls
 #                         back to the previous version and the lake ends exact
 #   mode-switch           users incremental, an interrupted switch to incremental-deduped,
@@ -225,18 +226,20 @@ run_sync() {
     set -e
 }
 
+check_py() { "$PY" "$REPO/scripts/torture_check.py" "$@"; }
+
 # check DEST [torture_check.py flags...]: 0 when the lake keeps its invariants (else the
 # violations are in $W/logs/check.last).
 check() {
     local dest="$1"
     shift
-    "$PY" "$REPO/scripts/torture_check.py" --dest "$dest" --streams "${CHECK_STREAMS:-$STREAMS}" \
+    check_py --dest "$dest" --streams "${CHECK_STREAMS:-$STREAMS}" \
         --truth "$W/truth.tsv" "$@" >"$W/logs/check.last" 2>&1
 }
 violations() { tr '\n' ' ' <"$W/logs/check.last" | cut -c1-600; }
 
 # The commits of the manifest versions still in the lake, oldest first: one run id a line.
-commit_runs() { "$PY" "$REPO/scripts/torture_check.py" --dest "$1" --commits; }
+commit_runs() { check_py --dest "$1" --commits; }
 # interleaved DEST: 0 when some run committed both before and after another run did.
 interleaved() { commit_runs "$1" | uniq | sort | uniq -d | grep -q .; }
 
@@ -438,24 +441,26 @@ seq_s3_faults() {
 }
 
 seq_foreign_files() {
-    local name=foreign-files dest f
+    local name=foreign-files dest kind when gone
+    local -a foreign=(users/notes.txt email_send/2023/data.json)
     begin "$name"
-    dest="$(new_dest local "$name")"
-    mkdir -p "$dest/users" "$dest/email_send/2023"
-    echo "notes of another team" >"$dest/users/notes.txt"
-    echo '{"from": "another system"}' >"$dest/email_send/2023/data.json"
     start_fake "$name"
-    run_sync "$W/logs/$name.log" "$dest"
-    local gone=""
-    for f in users/notes.txt email_send/2023/data.json; do
-        [[ -s $dest/$f ]] || gone="$gone $f"
+    # Files of another system under a fresh --dest, and next to an existing lake.
+    for kind in local s3; do
+        for when in fresh beside-a-lake; do
+            dest="$(new_dest "$kind" "$name")"
+            [[ $when == fresh ]] || run_sync "$W/logs/$name-$kind-$when-first.log" "$dest"
+            check_py --dest "$dest" --put "${foreign[0]}" "notes of another team"
+            check_py --dest "$dest" --put "${foreign[1]}" '{"from": "another system"}'
+            run_sync "$W/logs/$name-$kind-$when.log" "$dest"
+            # Refusing the prefix (exit 64) keeps them too; deleting them is the failure.
+            if gone="$(check_py --dest "$dest" --missing "${foreign[@]}")"; then
+                pass "$name"
+            else
+                fail "$name" "a sync (exit $RC) deleted files it did not write from $dest ($when): $gone (log $W/logs/$name-$kind-$when.log)"
+            fi
+        done
     done
-    # Refusing the prefix (exit 64) keeps them too; deleting them is the failure.
-    if [[ -n $gone ]]; then
-        fail "$name" "the sync (exit $RC) deleted files it did not write:$gone (log $W/logs/$name.log)"
-    else
-        pass "$name"
-    fi
     stop_fake
 }
 
@@ -573,7 +578,7 @@ seq_empty_events() {
     start_fake "$name"
     dest="$(new_dest local "$name")"
     run_sync "$W/logs/$name-1.log" "$dest" --streams events
-    before="$("$PY" "$REPO/scripts/torture_check.py" --dest "$dest" --rows events)"
+    before="$(check_py --dest "$dest" --rows events)"
     lists="$("$PY" - "$FAKE_URL" "$KEY" <<'EOF'
 import json, sys, urllib.request
 req = urllib.request.Request(sys.argv[1] + "lists", headers={"Api-Key": sys.argv[2]})
@@ -605,7 +610,7 @@ EOF
     wait "$pid" 2>/dev/null
     RC=$?
     set -e
-    after="$("$PY" "$REPO/scripts/torture_check.py" --dest "$dest" --rows events)" || after=missing
+    after="$(check_py --dest "$dest" --rows events)" || after=missing
     if [[ $before -gt 0 && $after =~ ^[0-9]+$ && $after -ge $before ]]; then
         say "$name: events kept $after of $before rows (the outage run exited $RC$stopped)"
         pass "$name"

@@ -4,6 +4,8 @@ Usage: torture_check.py --dest DEST --streams a,b --truth TRUTH [--exact]
                         [--previous FILE] [--save FILE] [--allow-empty]
        torture_check.py --dest DEST --commits
        torture_check.py --dest DEST --rows STREAM
+       torture_check.py --dest DEST --put PATH TEXT
+       torture_check.py --dest DEST --missing PATH...
 
 DEST is a local folder or s3://bucket/prefix (S3 through the AWS_* variables, DuckDB's httpfs
 from ITERABLE_LAKE_DUCKDB_HTTPFS). TRUTH is `iterable-lake fake-truth` output: one line per
@@ -21,6 +23,8 @@ Always checked, on the latest manifest version (`_manifest/v*.json`, the highest
 --allow-empty: a lake with no manifest passes (a run killed before its first commit).
 --commits:   print the run that committed each manifest version still in the lake, oldest
              first, one a line (`torn` for one that does not parse), and check nothing.
+--put:       write TEXT to PATH below DEST (a file of another system, for a test).
+--missing:   print each PATH below DEST that does not exist; exit 1 when one does not.
 --rows:      print the rows the latest manifest records for STREAM's live files (0 when it
              has none); exit 1 when one of them does not exist.
 """
@@ -80,6 +84,15 @@ class Lake:
             return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read()
         with open(os.path.join(self.dest, rel), "rb") as f:
             return f.read()
+
+    def write(self, rel, text):
+        if self.s3:
+            self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=text.encode())
+            return
+        path = os.path.join(self.dest, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
 
     def exists(self, rel):
         if self.s3:
@@ -181,6 +194,8 @@ def main():
     ap.add_argument("--truth")
     ap.add_argument("--commits", action="store_true")
     ap.add_argument("--rows", metavar="STREAM")
+    ap.add_argument("--put", nargs=2, metavar=("PATH", "TEXT"))
+    ap.add_argument("--missing", nargs="+", metavar="PATH")
     ap.add_argument("--exact", action="store_true")
     ap.add_argument("--previous")
     ap.add_argument("--save")
@@ -192,6 +207,13 @@ def main():
         return 0
     if args.rows:
         return print_rows(lake, args.rows)
+    if args.put:
+        lake.write(*args.put)
+        return 0
+    if args.missing:
+        gone = [p for p in args.missing if not lake.exists(p)]
+        print(" ".join(gone))
+        return 1 if gone else 0
     if not args.streams or not args.truth:
         ap.error("--streams and --truth are required")
     streams = [s for s in args.streams.split(",") if s]
