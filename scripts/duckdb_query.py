@@ -15,6 +15,8 @@ On failure: the DuckDB error on stderr, exit status 1 (2 for bad usage).
 Environment:
   ITERABLE_LAKE_DUCKDB_HTTPFS  path of httpfs.duckdb_extension; when set it is LOADed by
                                path and an S3 secret is made from the AWS_* variables
+  ITERABLE_LAKE_DUCKDB_DELTA   path of delta.duckdb_extension; when set it is LOADed by path
+                               (for delta_scan)
   AWS_ENDPOINT_URL             e.g. http://127.0.0.1:PORT (path-style, TLS from the scheme)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION / AWS_DEFAULT_REGION
 
@@ -93,6 +95,9 @@ def _connect():
             f"{k} {v}" if k == "USE_SSL" else f"{k} '{_quote(v)}'" for k, v in opts.items()
         )
         con.execute(f"CREATE SECRET lake_s3 (TYPE s3, {body})")
+    delta = os.environ.get("ITERABLE_LAKE_DUCKDB_DELTA")
+    if delta:
+        con.execute(f"LOAD '{_quote(delta)}'")
     return con
 
 

@@ -2,8 +2,8 @@
 #
 # Before sourcing, set REPO (the repository root) and HARNESS_NAME (prefix of messages).
 #   harness_venv          makes <repo>/.venv from scripts/requirements-test.txt when its stamp
-#                         is stale; sets PY (the venv's python) and HTTPFS (DuckDB's httpfs
-#                         extension from the venv)
+#                         is stale; sets PY (the venv's python), HTTPFS and DELTA (DuckDB's
+#                         httpfs and delta extensions from the venv)
 #   harness_start_moto D  starts moto's S3 server (scripts/s3_server.py) on a free 127.0.0.1
 #                         port, its port file and log in folder D; sets MOTO_PID and
 #                         MOTO_PORT and exports the AWS_* variables the tools and tests read
@@ -41,15 +41,22 @@ harness_venv() {
     fi
     exec 9>&-
     PY="$venv/bin/python"
-    HTTPFS="$("$PY" - <<'EOF'
-import pathlib, duckdb, duckdb_extension_httpfs
-p = (pathlib.Path(duckdb_extension_httpfs.__file__).parent / "extensions"
-     / f"v{duckdb.__version__}" / "httpfs.duckdb_extension")
+    HTTPFS="$(duckdb_extension httpfs)" || die "DuckDB httpfs extension missing from the venv"
+    DELTA="$(duckdb_extension delta)" || die "DuckDB delta extension missing from the venv"
+}
+
+# The path of DuckDB's extension $1, shipped in the venv by the duckdb-extension-$1 wheel.
+duckdb_extension() {
+    "$PY" - "$1" <<'EOF'
+import importlib, pathlib, sys, duckdb
+name = sys.argv[1]
+module = importlib.import_module(f"duckdb_extension_{name}")
+p = (pathlib.Path(module.__file__).parent / "extensions"
+     / f"v{duckdb.__version__}" / f"{name}.duckdb_extension")
 if not p.is_file():
-    raise SystemExit(f"httpfs extension for DuckDB {duckdb.__version__} not found at {p}")
+    raise SystemExit(f"{name} extension for DuckDB {duckdb.__version__} not found at {p}")
 print(p)
 EOF
-)" || die "DuckDB httpfs extension missing from the venv"
 }
 
 MOTO_PID=""

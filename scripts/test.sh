@@ -10,6 +10,7 @@
 #      ITERABLE_LAKE_TEST_S3=1
 #      ITERABLE_LAKE_PYTHON=<venv python>          (runs scripts/duckdb_query.py)
 #      ITERABLE_LAKE_DUCKDB_HTTPFS=<httpfs.duckdb_extension from the venv>
+#      ITERABLE_LAKE_DUCKDB_DELTA=<delta.duckdb_extension from the venv>
 # 3. Runs `cargo test "$@"` in the repo, stops moto (always).
 # 4. When cargo test passed and the whole suite ran (no arguments but cargo's --locked,
 #    --offline, --frozen), runs the bounded torture suite: `scripts/torture.sh` with
@@ -43,6 +44,7 @@ harness_start_moto "$RUN_DIR"
 export ITERABLE_LAKE_TEST_S3=1
 export ITERABLE_LAKE_PYTHON="$PY"
 export ITERABLE_LAKE_DUCKDB_HTTPFS="$HTTPFS"
+export ITERABLE_LAKE_DUCKDB_DELTA="$DELTA"
 
 cd "$REPO"
 say "cargo test $*"

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::api::Region;
 use crate::catalog::SyncMode;
 use crate::config::{Endpoint, Given, KeySpec, Layer, split_names};
+use crate::delta::TableFormat;
 
 /// The exit codes, shown under every command's `--help` (and in the README).
 pub const EXIT_CODES: &str = "\
@@ -81,7 +82,8 @@ pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
     /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
-    /// api_key_file, api_key). Flags and environment variables win over it.
+    /// table_format, retain_removed, api_key_file, api_key). Flags and environment variables
+    /// win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Read settings from an Airbyte source-iterable config (JSON keys api_key, start_date,
@@ -189,6 +191,12 @@ pub struct SyncArgs {
     /// manifest, then exit: no API request, nothing written.
     #[arg(long)]
     pub dry_run: bool,
+    /// Plain Parquet folders, or each stream a Delta table as well [default: parquet].
+    #[arg(long, value_enum)]
+    pub table_format: Option<TableFormatArg>,
+    /// Days that files a Delta commit replaced stay for readers of older versions [default: 7].
+    #[arg(long, value_name = "DAYS")]
+    pub retain_removed: Option<u32>,
 }
 
 /// A duration: seconds, or a number with `s`, `m` or `h`.
@@ -229,6 +237,12 @@ impl SyncArgs {
             events_max_users: self
                 .events_max_users
                 .map(|v| Given::flag("--events-max-users", i64::try_from(v).unwrap_or(i64::MAX))),
+            table_format: self
+                .table_format
+                .map(|f| Given::flag("--table-format", TableFormat::from(f))),
+            retain_removed: self
+                .retain_removed
+                .map(|d| Given::flag("--retain-removed", i64::from(d))),
             ..self.source.layer()
         }
     }
@@ -238,6 +252,21 @@ impl SyncArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TableFormatArg {
+    Delta,
+    Parquet,
+}
+
+impl From<TableFormatArg> for TableFormat {
+    fn from(f: TableFormatArg) -> Self {
+        match f {
+            TableFormatArg::Delta => TableFormat::Delta,
+            TableFormatArg::Parquet => TableFormat::Parquet,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -19,6 +19,7 @@ use url::Url;
 use crate::api::{ApiKey, Region};
 use crate::catalog::{self, StreamDef, SyncMode};
 use crate::convert::timestamp::parse_instant;
+use crate::delta::TableFormat;
 use crate::sync::SyncOptions;
 
 /// Where a value came from.
@@ -88,6 +89,8 @@ pub struct Layer {
     pub list_users_requests_per_minute: Option<Given<i64>>,
     pub metrics_requests_per_minute: Option<Given<i64>>,
     pub events_max_users: Option<Given<i64>>,
+    pub table_format: Option<Given<TableFormat>>,
+    pub retain_removed: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -115,6 +118,8 @@ impl Layer {
                 .metrics_requests_per_minute
                 .or(lower.metrics_requests_per_minute),
             events_max_users: self.events_max_users.or(lower.events_max_users),
+            table_format: self.table_format.or(lower.table_format),
+            retain_removed: self.retain_removed.or(lower.retain_removed),
         }
     }
 
@@ -404,6 +409,12 @@ impl Layer {
             opts.events_max_users =
                 Some(usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(usize::MAX));
         }
+        if let Some(f) = &self.table_format {
+            opts.table_format = f.value;
+        }
+        if let Some(d) = &self.retain_removed {
+            opts.retain_removed = Duration::days(at_least(d, 0, "zero or more days")?);
+        }
         Ok(SyncConfig {
             dest: self.dest()?,
             api: self.api_settings()?,
@@ -466,6 +477,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "list_users_requests_per_minute",
     "metrics_requests_per_minute",
     "events_max_users",
+    "table_format",
+    "retain_removed",
     "api_key_file",
     "api_key",
 ];
@@ -513,6 +526,19 @@ fn toml_names(v: &toml::Value, origin: &Origin) -> Result<Vec<String>, ConfigErr
             .collect(),
         other => Err(wrong(other.type_str())),
     }
+}
+
+fn parse_table_format(s: &str, origin: &Origin) -> Result<TableFormat, ConfigError> {
+    TableFormat::ALL
+        .into_iter()
+        .find(|f| f.as_str() == s)
+        .ok_or_else(|| ConfigError::Invalid {
+            origin: origin.clone(),
+            problem: format!(
+                "{s:?} is not a table format (use {})",
+                TableFormat::ALL.map(TableFormat::as_str).join(", ")
+            ),
+        })
 }
 
 fn parse_mode(s: &str, origin: &Origin) -> Result<SyncMode, ConfigError> {
@@ -596,6 +622,12 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
                     origin.clone(),
                 ))
             }
+            "table_format" => {
+                layer.table_format = Some(Given::new(
+                    parse_table_format(&toml_string(v, &origin)?, &origin)?,
+                    origin.clone(),
+                ))
+            }
             "region" => {
                 region = Some(Given::new(
                     Endpoint::Region(parse_region(&toml_string(v, &origin)?, &origin)?),
@@ -605,6 +637,7 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
             "base_url" => base_url = some(Endpoint::Url(toml_string(v, &origin)?), &origin),
             "lag" => layer.lag = some(toml_integer(v, &origin)?, &origin),
             "lookback" => layer.lookback = some(toml_integer(v, &origin)?, &origin),
+            "retain_removed" => layer.retain_removed = some(toml_integer(v, &origin)?, &origin),
             "concurrency" => layer.concurrency = some(toml_integer(v, &origin)?, &origin),
             "export_requests_per_minute" => {
                 layer.export_requests_per_minute = some(toml_integer(v, &origin)?, &origin)

@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod delta;
 pub mod fake;
 pub mod lock;
 pub mod manifest;

@@ -131,6 +131,10 @@ pub struct StreamState {
     /// Windows that failed after every retry; retried on the next run.
     pub quarantine: Vec<Quarantined>,
     pub last_run: Option<String>,
+    /// With `--table-format delta`: files commits retired, kept on disk for readers of
+    /// older table versions until the retention ends; then a run deletes them (vacuum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Retired>,
     /// For per-user streams (`events`): the last user of the pass in progress whose rows are
     /// committed; the next run continues after it. `None` when no pass is in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +154,13 @@ pub struct LiveFile {
     #[serde(flatten)]
     pub file: WrittenFile,
     pub run: String,
+}
+
+/// A file a commit retired, kept until the retention after `retired_at` ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retired {
+    pub path: String,
+    pub retired_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +186,7 @@ impl StreamState {
             buckets: None,
             files: Vec::new(),
             quarantine: Vec::new(),
+            retired: Vec::new(),
             last_run: None,
             checkpoint: None,
         }
@@ -375,6 +387,15 @@ impl Manifest {
         self.streams
             .values()
             .flat_map(|s| s.files.iter().map(|f| f.file.path.as_str()))
+    }
+
+    /// Every file path the manifest names: live, or retired and kept for older readers.
+    pub fn named_paths(&self) -> impl Iterator<Item = &str> {
+        self.live_paths().chain(
+            self.streams
+                .values()
+                .flat_map(|s| s.retired.iter().map(|r| r.path.as_str())),
+        )
     }
 }
 

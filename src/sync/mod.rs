@@ -31,7 +31,7 @@ mod events;
 pub mod plan;
 mod snapshot;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -46,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiClient;
 use crate::catalog::{Layout, Source, StreamDef, SyncMode};
 use crate::convert::{Decoder, StreamSchema};
+use crate::delta::{Projection, Table, TableFormat};
 use crate::lock::{LakeLock, LeaseFence, LockError};
-use crate::manifest::{LiveFile, Manifest, ManifestError, StreamState};
+use crate::manifest::{LiveFile, Manifest, ManifestError, Retired, StreamState};
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
 };
@@ -140,6 +141,10 @@ pub struct SyncOptions {
     pub cancel: CancellationToken,
     /// How long to wait for another run's lease on the lake before failing.
     pub wait_for_lock: std::time::Duration,
+    /// Plain Parquet folders, or Delta tables as well.
+    pub table_format: TableFormat,
+    /// How long files a commit retired stay for readers of older table versions.
+    pub retain_removed: Duration,
 }
 
 impl SyncOptions {
@@ -160,6 +165,8 @@ impl SyncOptions {
             events_max_users: None,
             cancel: CancellationToken::new(),
             wait_for_lock: std::time::Duration::ZERO,
+            table_format: TableFormat::default(),
+            retain_removed: Duration::days(7),
         }
     }
 }
@@ -264,19 +271,26 @@ struct Run {
     stop: CancellationToken,
     /// Every commit checks it and carries its lease generation.
     fence: LeaseFence,
+    /// The declared schema of each selected stream (custom fields come from the manifest).
+    declared: BTreeMap<&'static str, Arc<StreamSchema>>,
+    /// With `--table-format delta`: each stream's Delta table as last read or written.
+    tables: Mutex<BTreeMap<&'static str, Table>>,
 }
 
 impl Run {
-    /// Apply `change` to the stream's state and commit; delete the files it returns after.
+    /// Apply `change` to the stream's state and commit. The files it returns are deleted
+    /// after the commit, or with Delta tables kept as retired until the retention ends; the
+    /// stream's table is then brought to the commit.
     async fn commit<F>(
         &self,
-        stream: &StreamDef,
+        stream: &'static StreamDef,
         change: F,
     ) -> Result<Option<DateTime<Utc>>, ManifestError>
     where
         F: FnOnce(&mut StreamState) -> Vec<String>,
     {
-        let (superseded, cursor) = {
+        let delta = self.opts.table_format == TableFormat::Delta;
+        let (superseded, cursor, committed, version) = {
             let mut manifest = self.manifest.lock().await;
             let mut next = manifest.clone();
             let state = next
@@ -285,19 +299,141 @@ impl Run {
                 .or_insert_with(|| {
                     StreamState::new(stream.default_mode, stream.cursor_field, SCHEMA_VERSION)
                 });
-            let superseded = change(state);
+            let mut superseded = change(state);
+            if delta {
+                let now = Utc::now();
+                state
+                    .retired
+                    .extend(superseded.drain(..).map(|path| Retired {
+                        path,
+                        retired_at: now,
+                    }));
+            }
             state.last_run = Some(self.run_id.clone());
             let cursor = state.cursor;
+            let committed = state.clone();
             next.commit(&self.lake, &self.run_id, &self.fence).await?;
+            let version = next.version;
             *manifest = next;
-            (superseded, cursor)
+            (superseded, cursor, committed, version)
         };
         for path in superseded {
             if let Err(e) = self.lake.store.delete(&self.lake.path(&path)).await {
                 tracing::warn!(path, error = %e, "could not delete a superseded file; the next run removes it");
             }
         }
+        if delta {
+            self.project(stream, &committed, version, "commit").await;
+        }
         Ok(cursor)
+    }
+
+    /// Bring `stream`'s Delta table to `state`, committed as manifest `version`. A failure
+    /// is logged: the next run reconciles the table before it reads anything.
+    async fn project(
+        &self,
+        stream: &'static StreamDef,
+        state: &StreamState,
+        version: u64,
+        operation: &str,
+    ) {
+        let Some(declared) = self.declared.get(stream.name) else {
+            return;
+        };
+        let schema = StreamSchema::from_columns(
+            crate::convert::user_fields::extend(declared.columns.clone(), &state.custom_fields),
+            declared.with_event_id,
+        );
+        let description = format!(
+            "Iterable {} ({}), kept by iterable-lake in {} mode",
+            stream.name,
+            stream.data_type(),
+            state.mode
+        );
+        let mut tables = self.tables.lock().await;
+        if !tables.contains_key(stream.name) {
+            match Table::open(&self.lake, stream.name).await {
+                Ok(t) => {
+                    tables.insert(stream.name, t);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = stream.name, error = %e, "could not read the stream's Delta table; the next run brings it up to date");
+                    return;
+                }
+            }
+        }
+        let table = tables.get_mut(stream.name).expect("just inserted");
+        let projection = Projection {
+            schema: &schema.arrow,
+            description: &description,
+            files: &state.files,
+            cursor_field: (!stream.cursor_field.is_empty()).then_some(stream.cursor_field),
+            manifest_version: version,
+            run_id: &self.run_id,
+            operation,
+        };
+        match table.project(&self.lake, &projection).await {
+            Ok(Some(v)) => {
+                tracing::debug!(
+                    stream = stream.name,
+                    version = v,
+                    manifest = version,
+                    "Delta table committed"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tables.remove(stream.name);
+                tracing::warn!(stream = stream.name, error = %e, "could not commit the stream's Delta table; the next run brings it up to date");
+            }
+        }
+    }
+
+    /// Delete the retired files whose retention has ended, and commit their removal.
+    async fn vacuum(&self) -> Result<(), ManifestError> {
+        let horizon = Utc::now() - self.opts.retain_removed;
+        let mut manifest = self.manifest.lock().await;
+        let expired: Vec<String> = manifest
+            .streams
+            .values()
+            .flat_map(|s| s.retired.iter())
+            .filter(|r| r.retired_at < horizon)
+            .map(|r| r.path.clone())
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut next = manifest.clone();
+        for s in next.streams.values_mut() {
+            s.retired.retain(|r| r.retired_at >= horizon);
+        }
+        next.commit(&self.lake, &self.run_id, &self.fence).await?;
+        *manifest = next;
+        drop(manifest);
+        tracing::info!(
+            files = expired.len(),
+            "removing retired files past their retention"
+        );
+        for path in expired {
+            if let Err(e) = self.lake.store.delete(&self.lake.path(&path)).await {
+                tracing::warn!(path, error = %e, "could not delete a retired file");
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring each selected stream's Delta table to the manifest, before anything is read:
+    /// a crash between a manifest commit and its table's leaves the table behind.
+    async fn reconcile_tables(&self) {
+        let (states, version) = {
+            let m = self.manifest.lock().await;
+            (m.streams.clone(), m.version)
+        };
+        for stream in &self.opts.streams {
+            if let Some(state) = states.get(stream.name) {
+                self.project(stream, state, version, "reconcile").await;
+            }
+        }
     }
 
     async fn delete_files(&self, files: &[WrittenFile]) {
@@ -358,7 +494,8 @@ async fn run_locked(
     let fence = lock.fence();
     let manifest = Manifest::fence(&lake, &run_id, &fence).await?;
     tracing::info!(run = %run_id, dest = %lake.display, streams = opts.streams.len(), version = manifest.version, lease = fence.generation(), "sync started");
-    if manifest.recovered {
+    let recovered = manifest.recovered;
+    if recovered {
         tracing::warn!(
             "deleting nothing this run: the manifest was recovered from an older version"
         );
@@ -371,10 +508,21 @@ async fn run_locked(
         client,
         manifest: Mutex::new(manifest),
         run_id,
+        declared: schemas
+            .iter()
+            .map(|(s, schema)| (s.name, schema.clone()))
+            .collect(),
+        tables: Mutex::new(BTreeMap::new()),
         opts,
         stop,
         fence,
     });
+    if !recovered {
+        run.vacuum().await?;
+    }
+    if run.opts.table_format == TableFormat::Delta {
+        run.reconcile_tables().await;
+    }
     let concurrency = run.opts.concurrency.max(1);
     let streams: Vec<StreamReport> = futures::stream::iter(schemas)
         .map(|(stream, schema)| {
@@ -497,7 +645,7 @@ async fn remove_garbage(
     streams: &[&'static StreamDef],
     before: DateTime<Utc>,
 ) {
-    let live: BTreeSet<&str> = manifest.live_paths().collect();
+    let live: BTreeSet<&str> = manifest.named_paths().collect();
     remove_staging_files(lake, streams, before);
     let mut foreign = Vec::new();
     for s in streams {
@@ -507,7 +655,8 @@ async fn remove_garbage(
         };
         for o in objects {
             let relative = lake.relative(&o.location);
-            if live.contains(relative.as_str()) {
+            let delta_log = relative.starts_with(&format!("{}/{}/", s.name, crate::delta::LOG_DIR));
+            if delta_log || live.contains(relative.as_str()) {
                 continue;
             }
             if !o.location.filename().is_some_and(own_file_name) {

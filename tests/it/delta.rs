@@ -1,0 +1,294 @@
+//! `--table-format delta`: every stream's folder is a Delta table that three independent
+//! readers (DuckDB's `delta_scan`, delta-rs and Polars) read as the manifest's live files,
+//! row for row, across runs that replace partitions, with time travel to an older version,
+//! checkpoints, and retired files kept for the retention, then vacuumed.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use chrono::{DateTime, Duration, Utc};
+use iterable_lake::catalog::{self, StreamDef};
+use iterable_lake::delta::{CHECKPOINT_EVERY, LOG_DIR, Table, TableFormat};
+use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::manifest::Manifest;
+use iterable_lake::sink::LakeStore;
+use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
+use serde_json::Value;
+
+use crate::lake::fake_client;
+use crate::support::{self, sql_str};
+
+const START: &str = "2024-01-01T00:00:00Z";
+const END: &str = "2024-01-04T00:00:00Z";
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// One stream of each kind: events, users (no event id), a snapshot, list members.
+const STREAMS: [(&str, &str); 5] = [
+    ("email_send", "_event_id"),
+    ("email_open", "_event_id"),
+    ("users", "email"),
+    ("lists", "id"),
+    ("list_users", "email"),
+];
+
+fn defs() -> Vec<&'static StreamDef> {
+    STREAMS
+        .iter()
+        .map(|(s, _)| catalog::find(s).unwrap())
+        .collect()
+}
+
+async fn sync_at(
+    fake: &FakeIterable,
+    lake: &LakeStore,
+    now: DateTime<Utc>,
+    retain: Duration,
+) -> RunReport {
+    fake.set_now(now);
+    let mut o = SyncOptions::new(defs());
+    o.start = Some(t(START));
+    o.now = now;
+    o.lag = Duration::zero();
+    o.window.initial_days = 1;
+    o.table_format = TableFormat::Delta;
+    o.retain_removed = retain;
+    let report = sync::run(lake.clone(), fake_client(fake, 8), o)
+        .await
+        .unwrap();
+    for s in &report.streams {
+        assert!(
+            matches!(s.status, StreamStatus::Succeeded | StreamStatus::UpToDate),
+            "{s:?}"
+        );
+    }
+    report
+}
+
+/// What delta-rs and Polars read of the table at `uri` (`None` outside CI without the
+/// test tooling).
+fn python_readers(uri: &str, version: Option<u64>, id: &str) -> Option<Value> {
+    let python = std::env::var("ITERABLE_LAKE_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let Some(python) = python else {
+        assert!(!support::in_ci(), "ITERABLE_LAKE_PYTHON is not set in CI");
+        eprintln!("skipped: delta-rs and Polars (ITERABLE_LAKE_PYTHON)");
+        return None;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/delta_read.py");
+    let version = version.map_or("latest".to_string(), |v| v.to_string());
+    let out = Command::new(python)
+        .arg(&script)
+        .args([uri, &version, id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "delta_read.py {uri}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Rows and the digest of the sorted `id` values, by DuckDB over `from`.
+fn duckdb_digest(from: &str, id: &str) -> Option<(u64, String)> {
+    let q = support::duckdb(&format!(
+        "SELECT count(*), sha256(coalesce(string_agg(coalesce(CAST({id} AS VARCHAR), ''), chr(10) ORDER BY coalesce(CAST({id} AS VARCHAR), '')), '')) FROM {from}"
+    ))?;
+    let row = &q.rows[0];
+    Some((
+        row[0].as_u64().unwrap(),
+        row[1].as_str().unwrap().to_string(),
+    ))
+}
+
+/// Every reader of each table agrees with the manifest's live files of its stream.
+async fn assert_readers_agree(lake: &LakeStore, root: &Path) {
+    let manifest = Manifest::load(lake).await.unwrap();
+    for (stream, id) in STREAMS {
+        let state = &manifest.streams[stream];
+        let files: Vec<String> = state
+            .files
+            .iter()
+            .map(|f| sql_str(root.join(&f.file.path).to_str().unwrap()))
+            .collect();
+        let table = root.join(stream);
+        let Some((rows, digest)) = duckdb_digest(
+            &format!("read_parquet([{}], union_by_name=true)", files.join(", ")),
+            id,
+        ) else {
+            return;
+        };
+        assert_eq!(rows, state.rows(), "{stream}: the manifest's files");
+        let scanned = duckdb_digest(
+            &format!("delta_scan({})", sql_str(table.to_str().unwrap())),
+            id,
+        )
+        .unwrap();
+        assert_eq!(
+            scanned,
+            (rows, digest.clone()),
+            "{stream}: DuckDB delta_scan"
+        );
+        let read = python_readers(table.to_str().unwrap(), None, id).unwrap();
+        for reader in ["deltalake", "polars"] {
+            assert_eq!(read[reader]["rows"], rows, "{stream}: {reader}");
+            assert_eq!(read[reader]["ids"], digest.as_str(), "{stream}: {reader}");
+        }
+    }
+}
+
+/// A fake and a new local lake, when the readers are at hand.
+struct Setup {
+    fake: FakeIterable,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    lake: LakeStore,
+}
+
+async fn setup(seed: u64) -> Option<Setup> {
+    if !support::duckdb_available() && !support::in_ci() {
+        eprintln!("skipped: Delta readers need scripts/test.sh");
+        return None;
+    }
+    let fake = FakeIterable::start(FakeConfig::small(seed)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let lake = LakeStore::open(root.to_str().unwrap()).unwrap();
+    Some(Setup {
+        fake,
+        _dir: dir,
+        root,
+        lake,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_is_a_delta_table_its_readers_agree_on() {
+    let Some(Setup {
+        fake,
+        _dir,
+        root,
+        lake,
+    }) = setup(51).await
+    else {
+        return;
+    };
+    let first = fake.midpoint();
+    sync_at(&fake, &lake, first, Duration::days(7)).await;
+    assert_readers_agree(&lake, &root).await;
+    let v1 = Table::open(&lake, "email_send")
+        .await
+        .unwrap()
+        .version()
+        .unwrap();
+    let rows1 = Manifest::load(&lake).await.unwrap().streams["email_send"].rows();
+
+    // The second night re-reads the settling window and replaces its partitions.
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
+    assert_readers_agree(&lake, &root).await;
+    let manifest = Manifest::load(&lake).await.unwrap();
+    let send = &manifest.streams["email_send"];
+    assert!(!send.retired.is_empty(), "replaced files are retired");
+    for r in &send.retired {
+        assert!(
+            root.join(&r.path).is_file(),
+            "{} is kept for older readers",
+            r.path
+        );
+    }
+    // Time travel: the first night's version still reads as the first night's data.
+    let table = root.join("email_send");
+    let old = python_readers(table.to_str().unwrap(), Some(v1), "_event_id").unwrap();
+    assert_eq!(old["deltalake"]["version"], v1);
+    assert_eq!(old["deltalake"]["rows"], rows1);
+    assert_eq!(old["polars"]["rows"], rows1);
+
+    // A run with no retention vacuums the retired files; readers still agree.
+    sync_at(&fake, &lake, t(END), Duration::zero()).await;
+    let manifest = Manifest::load(&lake).await.unwrap();
+    let still: Vec<_> = manifest.streams.values().flat_map(|s| &s.retired).collect();
+    assert!(
+        send.retired.iter().all(|r| !still.contains(&r)),
+        "the files retired before are vacuumed; only this run's remain retired"
+    );
+    for r in &send.retired {
+        assert!(!root.join(&r.path).exists(), "{} was vacuumed", r.path);
+    }
+    assert_readers_agree(&lake, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_behind_its_manifest_is_reconciled_by_the_next_run() {
+    let Some(Setup {
+        fake,
+        _dir,
+        root,
+        lake,
+    }) = setup(52).await
+    else {
+        return;
+    };
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
+    // A crash between the manifest commit and the table's: the table's newest version is
+    // gone (as if never written), and an older plain lake has no log at all.
+    let log = root.join("email_send").join(LOG_DIR);
+    let newest = Table::open(&lake, "email_send")
+        .await
+        .unwrap()
+        .version()
+        .unwrap();
+    std::fs::remove_file(log.join(format!("{newest:020}.json"))).unwrap();
+    std::fs::remove_dir_all(root.join("users").join(LOG_DIR)).unwrap();
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
+    assert_readers_agree(&lake, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_start_from_the_checkpoint_every_tenth_version_writes() {
+    let Some(Setup {
+        fake,
+        _dir,
+        root,
+        lake,
+    }) = setup(53).await
+    else {
+        return;
+    };
+    // Runs every few hours, each re-reading its day: a version or more each.
+    let mut version = 0;
+    for k in 1..=16 {
+        sync_at(
+            &fake,
+            &lake,
+            t(START) + Duration::hours(4 * k),
+            Duration::days(7),
+        )
+        .await;
+        version = Table::open(&lake, "email_send")
+            .await
+            .unwrap()
+            .version()
+            .unwrap();
+    }
+    assert!(version > CHECKPOINT_EVERY, "{version} versions");
+    let log = root.join("email_send").join(LOG_DIR);
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+    let checkpoint = last["version"].as_u64().unwrap();
+    assert!(checkpoint >= CHECKPOINT_EVERY && checkpoint.is_multiple_of(CHECKPOINT_EVERY));
+    // Without the commits the checkpoint covers, every reader (and this tool) still reads
+    // the table whole.
+    for v in 0..checkpoint {
+        std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
+    }
+    assert_eq!(
+        Table::open(&lake, "email_send").await.unwrap().version(),
+        Some(version)
+    );
+    assert_readers_agree(&lake, &root).await;
+}
