@@ -35,6 +35,10 @@
 #   empty-events          `events` synced, then a run while every list's getUsers fails
 #                         (stopped by SIGTERM after TORTURE_OUTAGE_SECS, default 10: the
 #                         client retries a list for minutes): the stream keeps its rows
+#   kill-local-delta, kill-s3-delta, race-local-delta, s3-faults-delta
+#                         the same with Delta tables (--table-format delta): also checked,
+#                         every file each table's latest version names exists, and after a
+#                         clean run the tables hold exactly the manifest's live files
 # Prints a table (sequence, iterations, failures) and exits 1 if any failed.
 #
 # Environment:
@@ -210,7 +214,7 @@ sync_cmd() {
         esac
     done
     CMD=("$BIN" sync --dest "$dest" --base-url "$FAKE_URL" --streams "$streams"
-        --start-date "$START" --end-date "$end" --lag 0 --log-format json
+        --start-date "$START" --end-date "$end" --lag 0 --log-format json --table-format "$FORMAT"
         --export-requests-per-minute 100000 --list-users-requests-per-minute 100000
         --metrics-requests-per-minute 100000 "${extra[@]}")
 }
@@ -233,8 +237,10 @@ check_py() { "$PY" "$REPO/scripts/torture_check.py" "$@"; }
 check() {
     local dest="$1"
     shift
+    local delta=()
+    [[ $FORMAT == delta ]] && delta=(--delta)
     check_py --dest "$dest" --streams "${CHECK_STREAMS:-$STREAMS}" \
-        --truth "$W/truth.tsv" "$@" >"$W/logs/check.last" 2>&1
+        --truth "$W/truth.tsv" "${delta[@]}" "$@" >"$W/logs/check.last" 2>&1
 }
 violations() { tr '\n' ' ' <"$W/logs/check.last" | cut -c1-600; }
 
@@ -260,7 +266,7 @@ clean_run() {
 # --- sequences ----------------------------------------------------------------------------
 
 seq_kill() {
-    local kind="$1" name="kill-$1" dest t0 took max i delay pid
+    local kind="$1" name="kill-$1$SUFFIX" dest t0 took max i delay pid
     begin "$name"
     dest="$(new_dest "$kind" "$name")"
     faulty_fake "$name"
@@ -419,7 +425,7 @@ seq_freeze() {
 }
 
 seq_s3_faults() {
-    local name=s3-faults i dest prev="$W/s3-faults.live"
+    local name="s3-faults$SUFFIX" i dest prev="$W/s3-faults$SUFFIX.live"
     begin "$name"
     dest="$(new_dest s3 "$name")"
     start_proxy "$name" --seed "$SEED" --slowdown 0.05 --reset 0.05 --lost-ack 0.05 --latency-ms 30
@@ -620,6 +626,10 @@ EOF
     stop_fake
 }
 
+# Plain Parquet tables (the default), then the sequences that crash, race and fault the
+# commit path again with Delta tables (--table-format delta): "<sequence>-delta".
+FORMAT=parquet
+SUFFIX=""
 wants kill-local && seq_kill local
 wants kill-s3 && seq_kill s3
 wants race-local && seq_race race-local local
@@ -633,6 +643,12 @@ wants mode-switch && seq_mode_switch
 wants heavy-day && seq_heavy_day
 wants short-body && seq_short_body
 wants empty-events && seq_empty_events
+FORMAT=delta
+SUFFIX=-delta
+wants kill-local-delta && seq_kill local
+wants kill-s3-delta && seq_kill s3
+wants race-local-delta && seq_race race-local-delta local
+wants s3-faults-delta && seq_s3_faults
 
 # --- report -------------------------------------------------------------------------------
 printf '\n%-16s %10s %9s  %s\n' sequence iterations failures note

@@ -2,6 +2,7 @@
 
 Usage: torture_check.py --dest DEST --streams a,b --truth TRUTH [--exact]
                         [--previous FILE] [--save FILE] [--allow-empty]
+                        [--delta]
        torture_check.py --dest DEST --commits
        torture_check.py --dest DEST --rows STREAM
        torture_check.py --dest DEST --put PATH TEXT
@@ -18,6 +19,10 @@ Always checked, on the latest manifest version (`_manifest/v*.json`, the highest
     serves it (a duplicate), and every live one is one the fake serves, in the partition
     date it belongs to.
 --exact:     the live records equal the truth, record for record (after a clean run).
+--delta:     each stream's Delta table (`<stream>/_delta_log`, read by delta-rs) loads and
+             every file its latest version names exists; with --exact, those files are the
+             manifest's live files (the table may lag behind the manifest after a crash,
+             until the next run reconciles it).
 --previous:  every record live in FILE (a --save of an earlier check) is still live: a
              committed row is never lost.
 --allow-empty: a lake with no manifest passes (a run killed before its first commit).
@@ -145,6 +150,34 @@ def print_rows(lake, stream):
     return 1 if problems else 0
 
 
+def delta_problems(lake, stream, files, exact):
+    """What is wrong with the stream's Delta table, given the manifest's live files."""
+    import deltalake
+    import delta_read
+
+    if not lake.list(f"{stream}/_delta_log"):
+        return [f"{stream}: no Delta log"] if exact else []
+    uri = lake.url(stream)
+    try:
+        table = deltalake.DeltaTable(uri, storage_options=delta_read._storage_options(uri))
+        adds = table.get_add_actions(flatten=True).column("path").to_pylist()
+    except Exception as e:  # any reader error is the finding
+        return [f"{stream}: the Delta table does not load: {type(e).__name__}: {e}"]
+    paths = sorted(f"{stream}/{urllib.parse.unquote(p)}" for p in adds)
+    problems = [
+        f"{stream}: Delta version {table.version()} names {p}, which does not exist"
+        for p in paths
+        if not lake.exists(p)
+    ]
+    want = sorted(f["path"] for f in files)
+    if exact and paths != want:
+        problems.append(
+            f"{stream}: Delta version {table.version()} holds {len(paths)} files, "
+            f"the manifest {len(want)} ({len(set(paths) ^ set(want))} differ)"
+        )
+    return problems
+
+
 def load_truth(path, streams):
     truth = collections.Counter()
     with open(path) as f:
@@ -197,6 +230,7 @@ def main():
     ap.add_argument("--put", nargs=2, metavar=("PATH", "TEXT"))
     ap.add_argument("--missing", nargs="+", metavar="PATH")
     ap.add_argument("--exact", action="store_true")
+    ap.add_argument("--delta", action="store_true")
     ap.add_argument("--previous")
     ap.add_argument("--save")
     ap.add_argument("--allow-empty", action="store_true")
@@ -234,6 +268,8 @@ def main():
                 problems.append(f"{name} names {m}, which does not exist")
             present = [f for f in files if f["path"] not in missing]
             live += live_records(lake, stream, present, problems)
+            if args.delta:
+                problems += delta_problems(lake, stream, files, args.exact)
 
     truth = load_truth(args.truth, streams)
     dups = [(k, n) for k, n in live.items() if n > truth.get(k, 0) and truth.get(k, 0) > 0]
