@@ -613,6 +613,11 @@ fn fake_faults(args: &FakeFaultArgs) -> Faults {
         random_500_seed: args.random_500_seed,
         latency: args.latency_ms.map(Duration::from_millis),
         failing_lists: args.failing_lists.clone(),
+        clean_cut_off: args.cut_off_clean.map(|first_requests| CutOff {
+            data_type: None,
+            after_bytes: args.cut_off_clean_bytes,
+            first_requests,
+        }),
         ..Faults::default()
     }
 }
@@ -740,7 +745,7 @@ mod tests {
         let f = fake_faults(&fake_api_args(&[]).faults);
         assert_eq!(f.export_rate, None);
         assert!(f.cut_off.is_none() && f.latency.is_none() && !f.retry_after);
-        assert!(f.failing_lists.is_empty());
+        assert!(f.failing_lists.is_empty() && f.clean_cut_off.is_none());
         assert_eq!(f.random_500, 0.0);
 
         let f = fake_faults(
@@ -788,6 +793,10 @@ mod tests {
                 .first_requests,
             u32::MAX
         );
+        let clean = fake_faults(&fake_api_args(&["--cut-off-clean", "3"]).faults)
+            .clean_cut_off
+            .unwrap();
+        assert_eq!((clean.first_requests, clean.after_bytes), (3, 4096));
         assert!(Cli::try_parse_from(["iterable-lake", "fake-api", "--random-500", "1.5"]).is_err());
         assert!(Cli::try_parse_from(["iterable-lake", "fake-api", "--retry-after"]).is_err());
     }

@@ -369,4 +369,44 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), STREAMS.len(), "stream names are unique");
     }
+
+    /// Fields seen in real records that the schemas once missed land typed, not in `_extra`.
+    #[test]
+    fn fields_real_events_carry_are_typed() {
+        use crate::convert::{Decoder, StreamSchema};
+        use arrow::array::{Array, AsArray};
+        for (stream, fields) in [
+            ("email_bounce", &[("status", "5.1.1")][..]),
+            (
+                "email_unsubscribe",
+                &[
+                    ("messageId", "0f1e2d"),
+                    ("recipientState", "HardBounce"),
+                    ("status", "5.1.1"),
+                ],
+            ),
+            ("email_open", &[("device", "Mobile")]),
+            ("email_click", &[("device", "Desktop")]),
+        ] {
+            let def = find(stream).unwrap();
+            let schema = StreamSchema::parse(def.name, def.schema, true).unwrap();
+            let mut line = serde_json::Map::new();
+            for (k, v) in fields {
+                line.insert(k.to_string(), (*v).into());
+            }
+            let line = serde_json::Value::Object(line).to_string();
+            let batch = Decoder::new(schema.into(), 0, def.data_type())
+                .decode(line.as_bytes())
+                .unwrap()
+                .batch;
+            assert!(
+                batch.column_by_name("_extra").unwrap().is_null(0),
+                "{stream}"
+            );
+            for (k, v) in fields {
+                let col = batch.column_by_name(k).unwrap().as_string::<i32>();
+                assert_eq!(col.value(0), *v, "{stream}.{k}");
+            }
+        }
+    }
 }

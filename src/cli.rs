@@ -82,8 +82,8 @@ pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
     /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
-    /// table_format, retain_removed, api_key_file, api_key). Flags and environment variables
-    /// win over it.
+    /// min_replace_ratio, table_format, retain_removed, dedupe_memory_mib, api_key_file,
+    /// api_key). Flags and environment variables win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Read settings from an Airbyte source-iterable config (JSON keys api_key, start_date,
@@ -183,6 +183,16 @@ pub struct SyncArgs {
     /// continues the pass from its checkpoint [default: no limit].
     #[arg(long, value_name = "N")]
     pub events_max_users: Option<u64>,
+    /// An incremental re-read of a date partition holding under this share of the rows it
+    /// holds live is not committed: it is quarantined and read again by the next run
+    /// (exit 2). 0 turns this guard off, e.g. for one run after data was really deleted
+    /// [default: 0.5].
+    #[arg(long, value_name = "RATIO")]
+    pub min_replace_ratio: Option<f64>,
+    /// `incremental-deduped`: the memory (MiB) a bucket's merge holds rows in; a larger
+    /// bucket is merged in sorted runs through temporary files [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub dedupe_memory_mib: Option<u64>,
     /// When another run holds the lake's lock, wait this long for it (e.g. 90s, 30m, 2h)
     /// before giving up with exit 75 [default: 0, give up at once].
     #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
@@ -243,6 +253,12 @@ impl SyncArgs {
             retain_removed: self
                 .retain_removed
                 .map(|d| Given::flag("--retain-removed", i64::from(d))),
+            min_replace_ratio: self
+                .min_replace_ratio
+                .map(|v| Given::flag("--min-replace-ratio", v)),
+            dedupe_memory_mib: self
+                .dedupe_memory_mib
+                .map(|v| Given::flag("--dedupe-memory-mib", i64::try_from(v).unwrap_or(i64::MAX))),
             ..self.source.layer()
         }
     }
@@ -424,6 +440,18 @@ pub struct FakeFaultArgs {
     /// Lists (comma-separated ids) whose getUsers always answers 500 GenericError.
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub failing_lists: Vec<i64>,
+    /// End the first N export bodies early but properly, in the middle of a line (a server
+    /// that thinks it is done): a sync must retry those windows, not commit them.
+    #[arg(long, value_name = "N")]
+    pub cut_off_clean: Option<u32>,
+    /// How many body bytes an export body ended by --cut-off-clean holds, about.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 4096,
+        requires = "cut_off_clean"
+    )]
+    pub cut_off_clean_bytes: usize,
 }
 
 /// A share between 0 and 1.
@@ -492,6 +520,8 @@ mod tests {
             "0",
             "--concurrency",
             "2",
+            "--min-replace-ratio",
+            "0.25",
         ])
         .unwrap();
         let Command::Sync(args) = cli.command else {
@@ -504,6 +534,11 @@ mod tests {
         assert_eq!(layer.endpoint.unwrap().value, Endpoint::Region(Region::Eu));
         assert_eq!(layer.lag.unwrap().value, 0);
         assert_eq!(layer.concurrency.unwrap().value, 2);
+        let ratio = layer.min_replace_ratio.unwrap();
+        assert_eq!(
+            (ratio.value, ratio.origin),
+            (0.25, crate::config::Origin::Flag("--min-replace-ratio"))
+        );
         assert!(layer.key.is_none() && layer.lookback.is_none());
     }
 

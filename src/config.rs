@@ -91,6 +91,8 @@ pub struct Layer {
     pub events_max_users: Option<Given<i64>>,
     pub table_format: Option<Given<TableFormat>>,
     pub retain_removed: Option<Given<i64>>,
+    pub min_replace_ratio: Option<Given<f64>>,
+    pub dedupe_memory_mib: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -120,6 +122,8 @@ impl Layer {
             events_max_users: self.events_max_users.or(lower.events_max_users),
             table_format: self.table_format.or(lower.table_format),
             retain_removed: self.retain_removed.or(lower.retain_removed),
+            min_replace_ratio: self.min_replace_ratio.or(lower.min_replace_ratio),
+            dedupe_memory_mib: self.dedupe_memory_mib.or(lower.dedupe_memory_mib),
         }
     }
 
@@ -415,6 +419,22 @@ impl Layer {
         if let Some(d) = &self.retain_removed {
             opts.retain_removed = Duration::days(at_least(d, 0, "zero or more days")?);
         }
+        if let Some(r) = &self.min_replace_ratio {
+            if !(0.0..=1.0).contains(&r.value) {
+                return Err(ConfigError::Invalid {
+                    origin: r.origin.clone(),
+                    problem: "must be from 0 (no guard) to 1".to_string(),
+                });
+            }
+            opts.min_replace_ratio = r.value;
+        }
+        if let Some(n) = &self.dedupe_memory_mib {
+            let mib = at_least(n, 1, "at least 1 (MiB)")?;
+            opts.dedupe_memory = usize::try_from(mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .unwrap_or(usize::MAX);
+        }
         Ok(SyncConfig {
             dest: self.dest()?,
             api: self.api_settings()?,
@@ -479,6 +499,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "events_max_users",
     "table_format",
     "retain_removed",
+    "min_replace_ratio",
+    "dedupe_memory_mib",
     "api_key_file",
     "api_key",
 ];
@@ -507,6 +529,18 @@ fn toml_integer(v: &toml::Value, origin: &Origin) -> Result<i64, ConfigError> {
         other => Err(ConfigError::Type {
             origin: origin.clone(),
             expected: "an integer",
+            found: other.type_str(),
+        }),
+    }
+}
+
+fn toml_number(v: &toml::Value, origin: &Origin) -> Result<f64, ConfigError> {
+    match v {
+        toml::Value::Float(f) => Ok(*f),
+        toml::Value::Integer(i) => Ok(*i as f64),
+        other => Err(ConfigError::Type {
+            origin: origin.clone(),
+            expected: "a number",
             found: other.type_str(),
         }),
     }
@@ -649,6 +683,12 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
                 layer.metrics_requests_per_minute = some(toml_integer(v, &origin)?, &origin)
             }
             "events_max_users" => layer.events_max_users = some(toml_integer(v, &origin)?, &origin),
+            "min_replace_ratio" => {
+                layer.min_replace_ratio = some(toml_number(v, &origin)?, &origin)
+            }
+            "dedupe_memory_mib" => {
+                layer.dedupe_memory_mib = some(toml_integer(v, &origin)?, &origin)
+            }
             "api_key_file" => {
                 let path = PathBuf::from(relative_to(dir, &toml_string(v, &origin)?));
                 key_file = Some(Given::new(KeySpec::File(path), origin.clone()));
@@ -891,6 +931,8 @@ mod tests {
             export_requests_per_minute = 100
             metrics_requests_per_minute = 20
             events_max_users = 5000
+            min_replace_ratio = 0.25
+            dedupe_memory_mib = 64
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -920,6 +962,8 @@ mod tests {
         assert_eq!(cfg.api.export_requests_per_minute, Some(100));
         assert_eq!(cfg.api.metrics_requests_per_minute, Some(20));
         assert_eq!(cfg.options.events_max_users, Some(5000));
+        assert_eq!(cfg.options.min_replace_ratio, 0.25);
+        assert_eq!(cfg.options.dedupe_memory, 64 << 20);
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );
@@ -944,6 +988,14 @@ mod tests {
         assert_eq!(
             err("dest = \"/l\"\napi_key = \"k\"\nlag = -1"),
             "lake.toml: lag: must be zero or more minutes"
+        );
+        assert_eq!(
+            err("dest = \"/l\"\napi_key = \"k\"\nmin_replace_ratio = 1.5"),
+            "lake.toml: min_replace_ratio: must be from 0 (no guard) to 1"
+        );
+        assert_eq!(
+            err("min_replace_ratio = \"half\""),
+            "lake.toml: min_replace_ratio: expected a number, found string"
         );
         assert_eq!(
             err("mode = \"sometimes\""),

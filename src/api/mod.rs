@@ -2,6 +2,11 @@
 //! export rate limiter, retries with exponential backoff and jitter (honouring
 //! `Retry-After`), and typed errors that name the URL but never the key. Endpoint families
 //! only build requests and parse responses.
+//!
+//! The key goes only where the base URL points: redirects are not followed (a redirect is an
+//! error naming where it led), and the header is marked sensitive. URLs in errors and logs go
+//! through [`display_url`], which keeps personal data (a user's email or userId in a query or
+//! a path) out of messages, logs and run reports.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -12,6 +17,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use reqwest::StatusCode;
+use reqwest::header::{HeaderValue, LOCATION};
 use serde::Deserialize;
 use url::Url;
 
@@ -141,8 +147,19 @@ pub enum ApiError {
         source: reqwest::Error,
         attempts: u32,
     },
+    #[error(
+        "{url} answered {status}, a redirect to {to}: redirects are not followed, so that the \
+         API key goes nowhere else; check --region or the base URL"
+    )]
+    Redirected {
+        url: String,
+        status: u16,
+        to: String,
+    },
     #[error("building the HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("the API key holds characters an HTTP header cannot carry")]
+    KeyNotAHeader,
     #[error("cannot add {path:?} to the base URL {base}")]
     Url { base: String, path: String },
 }
@@ -179,7 +196,8 @@ struct ErrorBody {
 pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
-    key: ApiKey,
+    /// The `Api-Key` header's value, marked sensitive.
+    key: HeaderValue,
     export_limiter: Arc<DefaultDirectRateLimiter>,
     list_users_limiter: Arc<DefaultDirectRateLimiter>,
     metrics_limiter: Arc<DefaultDirectRateLimiter>,
@@ -210,9 +228,13 @@ impl ApiClient {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("iterable-lake/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(ApiError::Client)?;
+        let mut key =
+            HeaderValue::from_str(cfg.key.expose()).map_err(|_| ApiError::KeyNotAHeader)?;
+        key.set_sensitive(true);
         let mut base = cfg.base_url;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -220,7 +242,7 @@ impl ApiClient {
         Ok(ApiClient {
             http,
             base,
-            key: cfg.key,
+            key,
             export_limiter: per_minute(cfg.export_requests_per_minute),
             list_users_limiter: per_minute(cfg.list_users_requests_per_minute),
             metrics_limiter: per_minute(cfg.metrics_requests_per_minute),
@@ -308,20 +330,28 @@ impl ApiClient {
             let sent = self
                 .http
                 .get(url.clone())
-                .header("Api-Key", self.key.expose())
+                .header("Api-Key", self.key.clone())
                 .send()
                 .await;
             let retry_after = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status().is_redirection() => {
+                    return Err(ApiError::Redirected {
+                        url: shown,
+                        status: resp.status().as_u16(),
+                        to: redirect_target(&resp),
+                    });
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(&resp);
-                    let body: ErrorBody = resp
+                    let mut body: ErrorBody = resp
                         .bytes()
                         .await
                         .ok()
                         .and_then(|b| serde_json::from_slice(&b).ok())
                         .unwrap_or_default();
+                    body.msg = without_emails(&body.msg);
                     if status == StatusCode::UNAUTHORIZED {
                         return Err(ApiError::Unauthorized {
                             url: shown,
@@ -390,12 +420,85 @@ impl ApiClient {
     }
 }
 
-/// The URL for messages: without the scheme's user info (the key is never in a URL).
-fn display_url(url: &Url) -> String {
+/// Query parameters whose values say what was asked, never who: shown in messages.
+const SHOWN_QUERY: [&str; 10] = [
+    "dataTypeName",
+    "startDateTime",
+    "endDateTime",
+    "campaignId",
+    "listId",
+    "templateType",
+    "messageMedium",
+    "page",
+    "pageSize",
+    "includeCustomEvents",
+];
+
+/// What stands for a value [`display_url`] leaves out.
+const REDACTED: &str = "redacted";
+
+/// The URL for messages, logs and run reports: without user info, with the value of every
+/// query parameter but those in [`SHOWN_QUERY`] and every path segment holding an `@`
+/// (an email) replaced by `redacted`. The key is never in a URL.
+pub fn display_url(url: &Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);
+    if let Some(segments) = url.path_segments() {
+        let shown: Vec<&str> = segments
+            .map(
+                |s| match s.contains('@') || s.to_ascii_lowercase().contains("%40") {
+                    true => REDACTED,
+                    false => s,
+                },
+            )
+            .collect();
+        u.set_path(&format!("/{}", shown.join("/")));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let shown = SHOWN_QUERY.contains(&k.as_ref()) && !v.contains('@');
+                let v = if shown {
+                    v.into_owned()
+                } else {
+                    REDACTED.into()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
     u.to_string()
+}
+
+/// `text` with every word holding an `@` (an email, as a server may echo one back) replaced
+/// by `redacted`.
+fn without_emails(text: &str) -> String {
+    let apart = |c: char| c.is_whitespace() || "\"'`<>()[]{},;".contains(c);
+    let mut out = String::with_capacity(text.len());
+    for piece in text.split_inclusive(apart) {
+        let word = piece.trim_end_matches(apart);
+        match word.contains('@') {
+            true => {
+                out.push_str(REDACTED);
+                out.push_str(&piece[word.len()..]);
+            }
+            false => out.push_str(piece),
+        }
+    }
+    out
+}
+
+/// Where a redirect leads, for its error: the scheme, host and port only.
+fn redirect_target(resp: &reqwest::Response) -> String {
+    let location = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok());
+    match location.map(|l| resp.url().join(l)) {
+        Some(Ok(to)) => to.origin().ascii_serialization(),
+        Some(Err(_)) => "an unreadable Location".to_string(),
+        None => "nowhere (no Location)".to_string(),
+    }
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
@@ -431,6 +534,121 @@ mod tests {
             "http://127.0.0.1:1/api/metadata/a%2Fb%20c/k?nextMarker=x+y"
         );
         assert!(ApiKey::new("  ").is_none());
+    }
+
+    /// Serve `app` on an ephemeral port of 127.0.0.1 for the rest of the test.
+    async fn serve(app: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn client_of(base: &str) -> ApiClient {
+        let mut cfg = ClientConfig::new(Url::parse(base).unwrap(), ApiKey::new("k-123").unwrap());
+        cfg.retry.max_retries = 0;
+        ApiClient::new(cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirects_are_refused_and_the_key_goes_nowhere_else() {
+        use axum::http::{HeaderMap, StatusCode, header};
+        use std::sync::Mutex;
+
+        // Paths requested, each with whether it carried the key.
+        type Seen = Arc<Mutex<Vec<(String, bool)>>>;
+        let record = |seen: Seen| {
+            move |uri: axum::http::Uri, headers: HeaderMap| async move {
+                let keyed = headers.get("Api-Key").is_some();
+                seen.lock().unwrap().push((uri.path().to_string(), keyed));
+                StatusCode::OK
+            }
+        };
+        let elsewhere: Seen = Arc::default();
+        let other = serve(axum::Router::new().fallback(record(elsewhere.clone()))).await;
+        let here: Seen = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/api/away",
+                axum::routing::get(move || async move {
+                    let to = format!("http://{other}/stolen");
+                    (StatusCode::FOUND, [(header::LOCATION, to)])
+                }),
+            )
+            .route(
+                "/api/near",
+                axum::routing::get(|| async {
+                    (
+                        StatusCode::TEMPORARY_REDIRECT,
+                        [(header::LOCATION, "/api/ok")],
+                    )
+                }),
+            )
+            .fallback(record(here.clone()));
+        let addr = serve(app).await;
+        let client = client_of(&format!("http://{addr}/api/"));
+
+        client.get(Family::Other, "ok", &[]).await.unwrap();
+        match client.get(Family::Other, "away", &[]).await {
+            Err(ApiError::Redirected {
+                status: 302, to, ..
+            }) => {
+                assert_eq!(to, format!("http://{other}"));
+            }
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+        let near = client.get(Family::Other, "near", &[]).await;
+        assert!(
+            matches!(near, Err(ApiError::Redirected { status: 307, .. })),
+            "{:?}",
+            near.map(|r| r.status())
+        );
+        assert!(
+            elsewhere.lock().unwrap().is_empty(),
+            "the other host was reached"
+        );
+        assert_eq!(*here.lock().unwrap(), [("/api/ok".to_string(), true)]);
+        assert!(client.key.is_sensitive());
+    }
+
+    #[tokio::test]
+    async fn errors_name_no_user() {
+        let app = axum::Router::new().fallback(|| async {
+            let body = serde_json::json!({
+                "code": "BadParams",
+                "msg": "No user found for email jane.doe@example.com (userId 'u-9')",
+            });
+            (axum::http::StatusCode::BAD_REQUEST, axum::Json(body))
+        });
+        let addr = serve(app).await;
+        let client = client_of(&format!("http://{addr}/api/"));
+        let query = [
+            ("email", "jane.doe@example.com".to_string()),
+            ("includeCustomEvents", "true".to_string()),
+        ];
+        let err = client
+            .get(Family::Other, "export/userEvents", &query)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("jane") && !err.contains("example.com"),
+            "{err}"
+        );
+        assert!(
+            err.contains("export/userEvents?email=redacted&includeCustomEvents=true")
+                && err.contains("No user found for email redacted (userId"),
+            "{err}"
+        );
+        let gone = client_of("http://127.0.0.1:1/api/");
+        let query = [("userId", "u-9".to_string())];
+        let err = gone
+            .get_segments(Family::Other, &["users", "jane@example.com"], &query)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/api/users/redacted?userId=redacted"), "{err}");
+        assert!(!err.contains("jane") && !err.contains("u-9"), "{err}");
     }
 
     #[test]

@@ -45,9 +45,6 @@ pub const MALFORMED_LINE_BASE64: &str = "_malformed_line_base64";
 /// The fewest bytes per line the builders are sized for (builders grow past it if needed).
 const MIN_LINE_BYTES: usize = 64;
 
-/// Largest magnitude an f64 holds every integer of (2^53).
-const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
-
 /// A decoded chunk of lines.
 #[derive(Debug)]
 pub struct Decoded {
@@ -211,16 +208,25 @@ impl Decoder {
             Scope::Top => self.top_level(&key, row),
             Scope::Struct(parent) => self.nodes[parent].children.get(key.as_ref()).copied(),
         };
-        if let Scope::Top = scope
+        if self.schema.with_event_id
+            && let Scope::Top = scope
             && !key.starts_with("itblInternal")
         {
-            let seed = match id {
-                Some(id) => self.nodes[id].key_hash,
-                None => xxh3_64(key.as_bytes()),
-            };
-            row.identity = row
-                .identity
-                .wrapping_add(xxh3_128_with_seed(raw.as_bytes(), seed));
+            match id {
+                Some(id)
+                    if row.slots[id].is_none()
+                        && needs_typed_identity(&self.nodes[id].kind, raw) =>
+                {
+                    row.typed_identity[id] = true;
+                }
+                _ => {
+                    let seed = match id {
+                        Some(id) => self.nodes[id].key_hash,
+                        None => xxh3_64(key.as_bytes()),
+                    };
+                    row.add_identity(raw.as_bytes(), seed);
+                }
+            }
         }
         let Some(id) = id else {
             row.extra_at(scope, self, key, raw);
@@ -295,21 +301,30 @@ impl Decoder {
             }
             return;
         }
-        let fits = match raw {
-            None => b.append_null(id, &node.kind),
+        let typed = match raw {
+            None => b.append_null(id, &node.kind).then_some(Scalar::Null),
             Some(raw) => b.append(id, &node.kind, raw),
         };
-        if !fits {
+        if typed.is_none() {
             b.append_null(id, &node.kind);
             if let Some(raw) = raw {
                 row.extra_owned.push((node.path.clone(), raw.to_string()));
             }
         }
+        if row.typed_identity[id] {
+            let raw = row.slots[id].unwrap_or("null");
+            let mut text = std::mem::take(&mut row.scratch);
+            let hashed = typed_identity_text(&node.kind, raw, typed.as_ref(), &mut text);
+            row.add_identity(hashed, node.key_hash);
+            row.scratch = text;
+        }
     }
 
     /// A stable hash of the event: its data type and every top-level field but Iterable's
     /// internal bookkeeping (`itblInternal…`). Each field's hash is added up, so the order of
-    /// the fields does not matter; a line that is not JSON is hashed as it is.
+    /// the fields does not matter; a line that is not JSON is hashed as it is. A field is
+    /// hashed as written, but for what its typed column reads the same whatever the
+    /// spelling ([`typed_identity_text`]): an instant, and a number or boolean sent as a string.
     ///
     /// `input` is scratch space, reused across rows.
     fn identity(&self, line: &[u8], row: &Row<'_>, parsed: bool, input: &mut Vec<u8>) -> [u8; 32] {
@@ -435,6 +450,10 @@ struct Row<'a> {
     extra_owned: Vec<(String, String)>,
     /// The sum of the hashes of the fields that make the event's identity.
     identity: u128,
+    /// The top-level nodes whose identity is hashed from their typed value, once appended.
+    typed_identity: Vec<bool>,
+    /// Scratch space for the text such a value is hashed as.
+    scratch: Vec<u8>,
     /// The last top-level node a key of this row named (`slots.len()` before the first), and
     /// for each node the one whose key came after it last time (`usize::MAX`: none yet).
     prev_key: usize,
@@ -450,6 +469,8 @@ impl<'a> Row<'a> {
             entries: Vec::new(),
             extra_owned: Vec::new(),
             identity: 0,
+            typed_identity: vec![false; n],
+            scratch: Vec::new(),
             prev_key: n,
             next_key: vec![usize::MAX; n + 1],
         }
@@ -461,7 +482,13 @@ impl<'a> Row<'a> {
         self.extra.clear();
         self.extra_owned.clear();
         self.identity = 0;
+        self.typed_identity.fill(false);
         self.prev_key = self.slots.len();
+    }
+
+    /// Add the hash of one field's `text` under its key's `seed` to the event's identity.
+    fn add_identity(&mut self, text: &[u8], seed: u64) {
+        self.identity = self.identity.wrapping_add(xxh3_128_with_seed(text, seed));
     }
 
     fn extra_at(&mut self, scope: Scope, d: &Decoder, key: Cow<'a, str>, raw: &'a str) {
@@ -497,6 +524,72 @@ impl<'a> Row<'a> {
         }
         out.append_value("}");
     }
+}
+
+/// Whether the identity of a value `raw` of a column of `kind` is hashed from the typed
+/// value rather than as written: an instant not in the canonical form, and a number or
+/// boolean sent as a string. Everything else (most values) is hashed as written, so ids stay
+/// those of earlier versions.
+fn needs_typed_identity(kind: &Kind, raw: &str) -> bool {
+    match kind {
+        Kind::Timestamp => !is_canonical_instant(raw),
+        Kind::Int64 | Kind::Float64 | Kind::Boolean => raw.starts_with('"'),
+        _ => false,
+    }
+}
+
+/// Whether `raw` is an instant as [`write_canonical_instant`] writes it, checked by shape:
+/// `"2024-01-02 03:04:05 +00:00"`, or with milliseconds other than `.000`. (A value of this
+/// shape that is not an instant is a misfit, hashed as written either way.)
+fn is_canonical_instant(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let shaped = b.first() == Some(&b'"') && b.get(11) == Some(&b' ') && raw.ends_with(" +00:00\"");
+    shaped
+        && match b.len() {
+            28 => true,
+            32 => b[20] == b'.' && &b[21..24] != b"000",
+            _ => false,
+        }
+}
+
+/// The text a value's identity is hashed from, for a node [`needs_typed_identity`] picked:
+/// the value `typed` its column read from `raw`, written one way: an instant as
+/// `"2024-01-02 03:04:05[.123[456]] +00:00"` (UTC; the form most exports use, so most
+/// events keep their ids), a number as JSON writes it, a boolean as `true` or `false`. A
+/// value the column could not read is hashed as written.
+fn typed_identity_text<'t>(
+    kind: &Kind,
+    raw: &'t str,
+    typed: Option<&Scalar<'_>>,
+    out: &'t mut Vec<u8>,
+) -> &'t [u8] {
+    out.clear();
+    match (kind, typed) {
+        (Kind::Timestamp, Some(Scalar::Int(micros))) => write_canonical_instant(*micros, out),
+        (_, Some(Scalar::Int(v))) => out.extend_from_slice(v.to_string().as_bytes()),
+        (_, Some(Scalar::Float(v))) => {
+            serde_json::to_writer(&mut *out, v).expect("writing to a Vec")
+        }
+        (_, Some(Scalar::Bool(v))) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+        _ => return raw.as_bytes(),
+    }
+    out
+}
+
+/// `micros` as `"2024-01-02 03:04:05 +00:00"`, with `.123` when it has milliseconds and
+/// `.123456` when it has microseconds.
+fn write_canonical_instant(micros: i64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let Some(t) = chrono::DateTime::from_timestamp_micros(micros) else {
+        return write!(out, "{micros}").expect("writing to a Vec");
+    };
+    let fraction = micros.rem_euclid(1_000_000);
+    let written = match (fraction, fraction % 1000) {
+        (0, _) => write!(out, "\"{} +00:00\"", t.format("%Y-%m-%d %H:%M:%S")),
+        (_, 0) => write!(out, "\"{} +00:00\"", t.format("%Y-%m-%d %H:%M:%S%.3f")),
+        _ => write!(out, "\"{} +00:00\"", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+    };
+    written.expect("writing to a Vec");
 }
 
 /// Visits one JSON object, routing its entries into a [`Row`].
@@ -639,12 +732,43 @@ fn int_of(raw: &str) -> Option<i64> {
         if let Ok(v) = raw.parse::<i64>() {
             return Some(v);
         }
-        let f: f64 = raw.parse().ok()?;
-        return (f.fract() == 0.0 && f.abs() < EXACT_F64_INT).then_some(f as i64);
+        return integral(raw);
     }
     let s = string_of(raw)?;
     let v: i64 = s.parse().ok()?;
     (v.to_string() == s).then_some(v)
+}
+
+/// The integer a JSON number with a fraction or an exponent (`7.0`, `1e3`) names exactly, read
+/// from its digits: `1.0000000000000000001` is not an integer, whatever f64 rounds it to.
+fn integral(number: &str) -> Option<i64> {
+    let (mantissa, exp) = match number.find(['e', 'E']) {
+        Some(at) => (&number[..at], number[at + 1..].parse::<i32>().ok()?),
+        None => (number, 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let point = i64::try_from(whole.len()).ok()? + i64::from(exp);
+    let digits = digits.trim_end_matches('0');
+    let lead = digits.len() - digits.trim_start_matches('0').len();
+    let (digits, point) = (&digits[lead..], point - lead as i64);
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let zeros = usize::try_from(point - digits.len() as i64).ok()?;
+    if zeros > 19 {
+        return None;
+    }
+    let text = format!(
+        "{}{digits}{}",
+        if negative { "-" } else { "" },
+        "0".repeat(zeros)
+    );
+    text.parse().ok()
 }
 
 /// Decimal digits that carry value in a number's text (15 always round-trip through f64).
@@ -666,8 +790,9 @@ fn significant(text: &str) -> String {
     trimmed.to_string()
 }
 
-/// A number's value when f64 holds it without loss: up to 15 significant digits, or the
-/// digits of the shortest text of an f64 (what a program printing a double writes, up to 17).
+/// A number's value when f64 holds it without loss: up to 15 significant digits in f64's
+/// normal range, or the digits of the shortest text of an f64 (what a program printing a
+/// double writes, up to 17).
 fn float_of(raw: &str) -> Option<f64> {
     let text: Cow<'_, str> = if is_json_number(raw) {
         Cow::Borrowed(raw)
@@ -675,8 +800,9 @@ fn float_of(raw: &str) -> Option<f64> {
         string_of(raw)?
     };
     let f: f64 = text.trim().parse().ok()?;
-    let exact =
-        significant_digits(&text) <= 15 || significant(&text) == significant(&format!("{f:e}"));
+    // Outside f64's normal range fewer digits survive, and `1e-400` becomes 0: compare.
+    let exact = (f.is_normal() && significant_digits(&text) <= 15)
+        || significant(&text) == significant(&format!("{f:e}"));
     (f.is_finite() && exact).then_some(f)
 }
 
@@ -805,19 +931,15 @@ impl Builders {
         }
     }
 
-    /// Append `raw` to column `id`; false when it does not fit (nothing appended).
-    fn append(&mut self, id: usize, kind: &Kind, raw: &str) -> bool {
+    /// Append `raw` to column `id`: the value appended ([`Scalar::Null`] for lists and JSON
+    /// text), or `None` when it does not fit (nothing appended).
+    fn append<'r>(&mut self, id: usize, kind: &Kind, raw: &'r str) -> Option<Scalar<'r>> {
         if let Kind::List(item_kind) = kind {
-            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw) else {
-                return false;
-            };
-            let Some(values) = items
+            let items = serde_json::from_str::<Vec<&RawValue>>(raw).ok()?;
+            let values = items
                 .iter()
                 .map(|r| scalar_of(item_kind, r.get()))
-                .collect::<Option<Vec<_>>>()
-            else {
-                return false;
-            };
+                .collect::<Option<Vec<_>>>()?;
             let Builder::List { item, offsets } = &mut self.cols[id] else {
                 unreachable!("list kind has a list builder")
             };
@@ -828,19 +950,34 @@ impl Builders {
             let last = *offsets.last().expect("offsets start at 0");
             offsets.push(last + n);
             self.nulls[id].push(true);
-            return true;
+            return Some(Scalar::Null);
         }
         match (&mut self.cols[id], kind) {
             (Builder::Utf8(b), Kind::Json) => {
                 b.append_value(raw);
-                true
+                Some(Scalar::Null)
             }
-            (Builder::Utf8(b), _) => string_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Int64(b), _) => int_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Timestamp(b), _) => timestamp_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Float64(b), _) => float_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::Boolean(b), _) => bool_of(raw).map(|v| b.append_value(v)).is_some(),
-            (Builder::List { .. } | Builder::Struct, _) => false,
+            (Builder::Utf8(b), _) => string_of(raw).map(|v| {
+                b.append_value(&v);
+                Scalar::Str(v)
+            }),
+            (Builder::Int64(b), _) => int_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Int(v)
+            }),
+            (Builder::Timestamp(b), _) => timestamp_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Int(v)
+            }),
+            (Builder::Float64(b), _) => float_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Float(v)
+            }),
+            (Builder::Boolean(b), _) => bool_of(raw).map(|v| {
+                b.append_value(v);
+                Scalar::Bool(v)
+            }),
+            (Builder::List { .. } | Builder::Struct, _) => None,
         }
     }
 
@@ -1094,6 +1231,34 @@ mod tests {
     }
 
     #[test]
+    fn event_ids_read_instants_and_numbers_by_value_not_spelling() {
+        let same = [
+            r#"{"createdAt":"2024-01-02 03:04:05.120 +00:00","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02T03:04:05.12Z","campaignId":"1","total":"2.5","ok":"true","email":"a"}"#,
+            r#"{"email":"a","createdAt":"2024-01-02T08:34:05.120000+05:30","campaignId":1,"total":2.5,"ok":true}"#,
+            r#"{"createdAt":1704164645120,"campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-01 22:04:05.12 -05:00","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02T03:04:05.120000.000Z","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+        ];
+        let other = [
+            r#"{"createdAt":"2024-01-02 03:04:05.121 +00:00","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02 03:04:05.120 +00:00","campaignId":2,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":"2024-01-02 03:04:05.120 +00:00","campaignId":1,"total":2.5,"ok":false,"email":"a"}"#,
+            r#"{"createdAt":"soon","campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+            r#"{"createdAt":null,"campaignId":1,"total":2.5,"ok":true,"email":"a"}"#,
+        ];
+        // The canonical spelling is hashed as written, as earlier versions did: their ids stay.
+        let d = decode(r#"{"createdAt":"2024-01-02 03:04:05 +00:00","email":"a"}"#);
+        assert_eq!(super::tests::ids(&d)[0], "aeca407e3db9ab11ba946dc71cf980ea");
+        let ids = ids(&decode(&[same.join("\n"), other.join("\n")].join("\n")));
+        assert!(ids[..same.len()].iter().all(|id| *id == ids[0]), "{ids:?}");
+        let mut distinct = ids[same.len() - 1..].to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), other.len() + 1, "{ids:?}");
+    }
+
+    #[test]
     fn strings_unescape_as_serde_json_does() {
         for raw in [
             r#""plain""#,
@@ -1126,8 +1291,63 @@ mod tests {
         assert_eq!(float_of("0.76158068501752041"), None);
         assert_eq!(int_of("\"007\""), None);
         assert_eq!(int_of("1e3"), Some(1000));
-        assert_eq!(int_of("9007199254740993.0"), None);
+        assert_eq!(int_of("9007199254740993.0"), Some(9_007_199_254_740_993));
         assert_eq!(int_of("-5"), Some(-5));
         assert_eq!(timestamp_of("1704164645000"), Some(1_704_164_645_000_000));
+    }
+
+    #[test]
+    fn integers_and_floats_are_read_from_their_digits_not_a_rounded_double() {
+        for (text, want) in [
+            ("1.0000000000000000001", None),
+            ("1.5e1", Some(15)),
+            ("1500e-2", Some(15)),
+            ("1501e-2", None),
+            ("-0.0", Some(0)),
+            ("0e-400", Some(0)),
+            ("1e-400", None),
+            ("-12.000", Some(-12)),
+            ("1e18", Some(1_000_000_000_000_000_000)),
+            ("1e19", None),
+            ("9223372036854775807.0", Some(i64::MAX)),
+            ("-9223372036854775808.0", Some(i64::MIN)),
+            ("9223372036854775808.0", None),
+            ("1e2147483648", None),
+        ] {
+            assert_eq!(int_of(text), want, "{text}");
+        }
+        assert_eq!(timestamp_of("1704164645000.0000000001"), None);
+        assert_eq!(float_of("1e-400"), None);
+        assert_eq!(float_of("-1e-400"), None);
+        assert_eq!(float_of("0e-400"), Some(0.0));
+        assert_eq!(float_of("1e-320"), Some(1e-320));
+        assert_eq!(float_of("1.23456789012345e-320"), None);
+        assert_eq!(float_of("1e400"), None);
+    }
+
+    #[test]
+    fn numbers_no_column_type_holds_exactly_go_to_extra() {
+        let d = decode(concat!(
+            r#"{"campaignId":1.0000000000000000001,"total":1e-400,"ids":[1,2.0000000000000000001]}"#,
+            "\n",
+            r#"{"campaignId":2.0,"total":0.0}"#,
+        ));
+        for col in ["campaignId", "total", "ids"] {
+            assert!(d.batch.column_by_name(col).unwrap().is_null(0), "{col}");
+        }
+        let text = d
+            .batch
+            .column_by_name("_extra")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string();
+        assert_eq!(
+            text,
+            r#"{"campaignId":1.0000000000000000001,"total":1e-400,"ids":[1,2.0000000000000000001]}"#
+        );
+        let c = d.batch.column_by_name("campaignId").unwrap();
+        assert_eq!(c.as_primitive::<Int64Type>().value(1), 2);
+        assert_eq!(extra(&d, 1), None);
     }
 }

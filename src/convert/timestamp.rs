@@ -1,10 +1,11 @@
 //! Parsing of every instant format Iterable sends into microseconds since the Unix epoch (UTC).
 //!
-//! Export records use `2024-01-02 03:04:05 +00:00`, sometimes with fractional seconds or a `T`
-//! separator; list-style endpoints use epoch milliseconds. A fast path handles the common
-//! shapes byte by byte (this runs for several fields of every record); anything else falls
-//! back to chrono's RFC 3339 and format-string parsers. Callers never fail a row on an
-//! unparseable value: they get `None` and keep the text elsewhere.
+//! Export records use `2024-01-02 03:04:05 +00:00`, sometimes with fractional seconds, a `T`
+//! separator, another offset or a doubled fraction; list-style endpoints use epoch
+//! milliseconds. `tests::SHAPES` lists every shape seen in real data with the instant it
+//! names. A fast path handles them byte by byte (this runs for several fields of every
+//! record); anything else falls back to chrono's RFC 3339 and format-string parsers. Callers
+//! never fail a row on an unparseable value: they get `None` and keep the text elsewhere.
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime};
 
@@ -12,7 +13,8 @@ const MICROS_PER_SECOND: i64 = 1_000_000;
 
 /// Parse an instant written as text. Without an offset, the instant is taken as UTC.
 pub fn parse_instant(text: &str) -> Option<i64> {
-    fast_path(text.as_bytes()).or_else(|| slow_path(text.trim()))
+    let text = text.trim();
+    fast_path(text.as_bytes()).or_else(|| slow_path(text))
 }
 
 /// An epoch-milliseconds integer as microseconds, or `None` when out of range.
@@ -77,6 +79,14 @@ fn fast_path(b: &[u8]) -> Option<i64> {
         }
         frac_micros = v;
         rest = &tail[n..];
+        // A second fraction of zeros (`05.134105.000Z`, seen in real exports) adds nothing.
+        if let Some((&b'.', tail)) = rest.split_first() {
+            let zeros = tail.iter().take_while(|&&c| c == b'0').count();
+            if zeros == 0 || tail.get(zeros).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+            rest = &tail[zeros..];
+        }
     }
     if let Some((&b' ', tail)) = rest.split_first() {
         rest = tail;
@@ -133,34 +143,47 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
     }
 
+    /// Every shape of instant seen in Iterable's data (exports, `itblInternal`, list-style
+    /// endpoints), with the instant it names in RFC 3339. Epoch milliseconds (a JSON number)
+    /// are read by the decoder through [`from_epoch_millis`].
+    const SHAPES: [(&str, &str); 19] = [
+        ("2021-04-14 16:29:39 +00:00", "2021-04-14T16:29:39Z"),
+        ("2021-04-14 16:29:39 +0000", "2021-04-14T16:29:39Z"),
+        ("2021-04-14 16:29:39+00:00", "2021-04-14T16:29:39Z"),
+        ("2021-04-14 16:29:39", "2021-04-14T16:29:39Z"),
+        ("2021-04-14 16:29:39.123 +00:00", "2021-04-14T16:29:39.123Z"),
+        ("2021-04-14 18:29:39 +02:00", "2021-04-14T16:29:39Z"),
+        ("2021-04-14 11:29:39 -05:00", "2021-04-14T16:29:39Z"),
+        ("2021-04-14 22:14:39 +0545", "2021-04-14T16:29:39Z"),
+        ("2021-04-14T16:29:39Z", "2021-04-14T16:29:39Z"),
+        ("2021-04-14T16:29:39+00:00", "2021-04-14T16:29:39Z"),
+        ("2021-04-14T16:29:39 +0000", "2021-04-14T16:29:39Z"),
+        ("2021-04-14T21:59:39+05:30", "2021-04-14T16:29:39Z"),
+        ("2021-04-14T16:29:39.5Z", "2021-04-14T16:29:39.5Z"),
+        ("2021-04-14T16:29:39.123Z", "2021-04-14T16:29:39.123Z"),
+        ("2021-04-14T16:29:39.123456Z", "2021-04-14T16:29:39.123456Z"),
+        (
+            "2021-04-14T16:29:39.123456789Z",
+            "2021-04-14T16:29:39.123456Z",
+        ),
+        (
+            "2025-12-19T22:43:34.134105.000Z",
+            "2025-12-19T22:43:34.134105Z",
+        ),
+        (
+            "2025-12-19 22:43:34.134105.0 +00:00",
+            "2025-12-19T22:43:34.134105Z",
+        ),
+        ("2021-04-14", "2021-04-14T00:00:00Z"),
+    ];
+
     #[test]
     fn parses_every_iterable_shape() {
-        let want = utc("2024-01-02T03:04:05Z");
-        for s in [
-            "2024-01-02 03:04:05 +00:00",
-            "2024-01-02 03:04:05+00:00",
-            "2024-01-02T03:04:05+00:00",
-            "2024-01-02T03:04:05Z",
-            "2024-01-02 03:04:05",
-            "2024-01-02T03:04:05 +0000",
-            "2024-01-02 05:04:05 +02:00",
-            "2024-01-01 22:04:05 -05:00",
-        ] {
-            assert_eq!(parse_instant(s), Some(want), "{s}");
+        for (text, instant) in SHAPES {
+            assert_eq!(parse_instant(text), Some(utc(instant)), "{text}");
+            let padded = format!(" {text} ");
+            assert_eq!(parse_instant(&padded), Some(utc(instant)), "{padded:?}");
         }
-        assert_eq!(
-            parse_instant("2024-01-02 03:04:05.123 +00:00"),
-            Some(want + 123_000)
-        );
-        assert_eq!(
-            parse_instant("2024-01-02T03:04:05.123456789Z"),
-            Some(want + 123_456)
-        );
-        assert_eq!(
-            parse_instant("2024-01-02"),
-            Some(utc("2024-01-02T00:00:00Z"))
-        );
-        assert_eq!(parse_instant(" 2024-01-02T03:04:05Z "), Some(want));
     }
 
     #[test]
@@ -185,6 +208,9 @@ mod tests {
             "2024-01-02 24:00:00 +00:00",
             "2024-01-02 03:04:05 +0x:00",
             "2024-01-02 03:04:05.",
+            "2025-12-19T22:43:34.134105.001Z",
+            "2025-12-19T22:43:34.134105.Z",
+            "2025-12-19T22:43:34.134105.000.000Z",
         ] {
             assert_eq!(parse_instant(s), None, "{s}");
         }

@@ -1,6 +1,6 @@
 //! `GET /api/export/data.json` and `GET /api/export/userEvents`: their parameters, the export
 //! rate limit, and NDJSON bodies streamed with chunked encoding from a blocking generator
-//! thread (never the whole body in memory), with the cut-off fault.
+//! thread (never the whole body in memory), with the cut-off faults.
 //!
 //! `data.json` parameters, as the fake reads them:
 //! - `dataTypeName` (required): the 51 spec values, plus `emailUnsubscribe` for
@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use super::generate::{Generator, Query, Shape};
 use super::params::Params;
-use super::{State, api_error};
+use super::{Cut, State, api_error};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -47,6 +47,9 @@ const CHUNK: usize = 64 * 1024;
 const CUT_OFF_GRACE: Duration = Duration::from_millis(50);
 
 pub(super) const NDJSON: &str = "application/x-json-stream";
+
+/// What `Faults::byte_order_mark` puts before a body.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 pub(super) fn routes() -> Router<Arc<State>> {
     Router::new()
@@ -224,12 +227,22 @@ async fn data_json(Shared(state): Shared<Arc<State>>, RawQuery(raw): RawQuery) -
     let canonical = state.generator.data_type(req.ty);
     let cut_off = state.take_cut_off(&req.requested, canonical);
     let query = state.query(req.ty, req.start_ms, req.end_ms, req.shape);
+    let bom = state.cfg.faults.byte_order_mark;
     if state.cfg.cache_bodies && state.generator.settled(query.now_ms) {
         let body = cached_body(state, query).await;
-        let chunks = futures::stream::iter(body.to_vec());
+        let mark = bom.then(|| Bytes::from_static(BYTE_ORDER_MARK));
+        let chunks = futures::stream::iter(mark.into_iter().chain(body.to_vec()));
         return ndjson_body(chunks, cut_off);
     }
-    ndjson_response(move |out| state.generator.write_body(&query, out), cut_off)
+    ndjson_response(
+        move |out| {
+            if bom {
+                out(BYTE_ORDER_MARK)?;
+            }
+            state.generator.write_body(&query, out)
+        },
+        cut_off,
+    )
 }
 
 /// The body of a settled query, generated the first time and replayed after.
@@ -288,12 +301,18 @@ async fn user_events(Shared(state): Shared<Arc<State>>, RawQuery(raw): RawQuery)
     }
     let user = state.generator.find_user(email, user_id);
     let now_ms = state.now().timestamp_millis();
+    let bom = state.cfg.faults.byte_order_mark;
     ndjson_response(
-        move |out| match user {
-            Some(user) => state
-                .generator
-                .write_user_events(user, include_custom, now_ms, out),
-            None => ControlFlow::Continue(()),
+        move |out| {
+            if bom {
+                out(BYTE_ORDER_MARK)?;
+            }
+            match user {
+                Some(user) => state
+                    .generator
+                    .write_user_events(user, include_custom, now_ms, out),
+                None => ControlFlow::Continue(()),
+            }
         },
         None,
     )
@@ -301,9 +320,9 @@ async fn user_events(Shared(state): Shared<Arc<State>>, RawQuery(raw): RawQuery)
 
 /// A 200 NDJSON response whose body `produce` writes from a blocking thread, streamed in
 /// chunks of about [`CHUNK`] bytes with chunked encoding. Its output answers `Break` once the
-/// client has gone away, and `produce` should then stop. With `cut_off`, the body stops after that many
-/// bytes and the connection is aborted without the final chunk.
-pub(super) fn ndjson_response<F>(produce: F, cut_off: Option<usize>) -> Response
+/// client has gone away, and `produce` should then stop. With `cut_off`, the body is cut
+/// short as it says.
+pub(super) fn ndjson_response<F>(produce: F, cut_off: Option<Cut>) -> Response
 where
     F: FnOnce(&mut dyn FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()> + Send + 'static,
 {
@@ -343,14 +362,15 @@ where
     }
 }
 
-/// A 200 NDJSON response of `chunks`, cut off after `cut_off` bytes if given.
+/// A 200 NDJSON response of `chunks`, cut short as `cut_off` says if given.
 fn ndjson_body(
     chunks: impl Stream<Item = Bytes> + Send + 'static,
-    cut_off: Option<usize>,
+    cut_off: Option<Cut>,
 ) -> Response {
     let body = match cut_off {
         None => Body::from_stream(chunks.map(Ok::<_, io::Error>)),
-        Some(limit) => Body::from_stream(cut_after(chunks, limit)),
+        Some(Cut::Abort(limit)) => Body::from_stream(cut_after(chunks, limit)),
+        Some(Cut::Clean(limit)) => Body::from_stream(end_mid_line(chunks, limit)),
     };
     ([(header::CONTENT_TYPE, NDJSON)], body).into_response()
 }
@@ -394,6 +414,32 @@ fn cut_after(
                 Some((Err(err), None))
             }
         }
+    })
+}
+
+/// Passes the first `limit` bytes of `chunks` and more up to a byte that is not a newline,
+/// then ends: a body that ends properly, in the middle of a line (unless it is shorter).
+fn end_mid_line(
+    chunks: impl Stream<Item = Bytes> + Send + 'static,
+    limit: usize,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    chunks.scan((limit, false), |(left, ended), mut chunk| {
+        if *ended {
+            return std::future::ready(None);
+        }
+        let mut n = chunk.len().min(*left);
+        *left -= n;
+        if *left == 0 {
+            while n < chunk.len() && (n == 0 || chunk[n - 1] == b'\n') {
+                n += 1;
+            }
+            match chunk[..n].last() {
+                Some(b'\n') | None => *left = 1,
+                Some(_) => *ended = true,
+            }
+        }
+        chunk.truncate(n);
+        std::future::ready(Some(Ok(chunk)))
     })
 }
 

@@ -168,8 +168,10 @@ fn trailing_newline(last_line_hash: u64) -> bool {
 ///
 /// Where each quirk lives (all of them appear in `FakeConfig::small`):
 /// - timestamps: mostly `2024-01-02 03:04:05 +00:00`, some `2024-01-02 03:04:05.123 +00:00`,
-///   `2024-01-02T03:04:05+00:00`, `2024-01-02T03:04:05Z` or `2024-01-02T03:04:05.123Z`;
-///   `sessionStartTime` / `sessionEndTime` of the session types are epoch-millisecond integers;
+///   `… +0000`, `… -05:00` (local time), `2024-01-02T03:04:05+00:00`, `…+05:30`,
+///   `2024-01-02T03:04:05Z`, `2024-01-02T03:04:05.123Z`, `2024-01-02T03:04:05.123000.000Z` or
+///   epoch-millisecond integers ([`Stamp`]); `sessionStartTime` / `sessionEndTime` of the
+///   session types are always epoch-millisecond integers;
 /// - users: `itblInternal.emailDomain`, `itblInternal.documentCreatedAt`,
 ///   `itblInternal.documentUpdatedAt`, `shoppingCart.total`, `shoppingCart.itemCount` (nested
 ///   objects flattened one level), `preferences.channels` (an object left after flattening),
@@ -190,6 +192,9 @@ pub(crate) struct Generator {
     mid_ms: i64,
     end_ms: i64,
     people: Vec<Person>,
+    /// With `FakeConfig::identity_changes`: the identity of the users who change it at the
+    /// data range's middle, as their profile rows before it show it.
+    earlier: Vec<Option<Person>>,
     plans: Vec<Plan>,
     nested: Nested,
 }
@@ -198,9 +203,25 @@ pub(crate) struct Generator {
 struct Person {
     email: String,
     user_id: Option<String>,
-    email_json: Box<[u8]>,
+    /// `None`: a profile without an email (known by its userId only).
+    email_json: Option<Box<[u8]>>,
     user_id_json: Option<Box<[u8]>>,
-    domain_json: Box<[u8]>,
+    domain_json: Option<Box<[u8]>>,
+}
+
+impl Person {
+    fn new(email: Option<String>, user_id: Option<String>) -> Person {
+        let domain = email
+            .as_deref()
+            .map(|e| e.rsplit('@').next().unwrap_or_default());
+        Person {
+            email_json: email.as_deref().map(json_literal),
+            user_id_json: user_id.as_deref().map(json_literal),
+            domain_json: domain.map(json_literal),
+            email: email.unwrap_or_default(),
+            user_id,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -229,6 +250,8 @@ enum Presence {
     Sometimes(u64),
     /// The user's userId; users without one: absent (70 %) or `null`.
     UserId,
+    /// The user's email; absent for a profile without one.
+    Email,
     /// Only when the cursor is at or after the data range's middle, then 60 % of the time.
     AfterMid,
 }
@@ -288,34 +311,62 @@ enum Blob {
     Preferences,
 }
 
-/// How a timestamp is written.
+/// How a timestamp is written: every shape real exports carry (the table of
+/// `convert::timestamp`'s tests lists them with their instants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stamp {
     /// `2024-01-02 03:04:05 +00:00`
     Spaced,
     /// `2024-01-02 03:04:05.123 +00:00`
     SpacedMillis,
+    /// `2024-01-02 03:04:05 +0000`
+    SpacedCompact,
+    /// `2024-01-01 22:04:05 -05:00`
+    SpacedWest,
     /// `2024-01-02T03:04:05+00:00`
     IsoOffset,
+    /// `2024-01-02T08:34:05+05:30`
+    IsoEast,
     /// `2024-01-02T03:04:05Z`
     IsoZ,
     /// `2024-01-02T03:04:05.123Z`
     IsoMillisZ,
+    /// `2024-01-02T03:04:05.123000.000Z`: a doubled fraction, as one connector reported
+    DoubleFraction,
+    /// `1704164645123`: epoch milliseconds, a JSON number
+    EpochMillis,
 }
 
 impl Stamp {
     fn draw(rng: &mut Rng) -> Stamp {
         match rng.percent() {
-            0..84 => Stamp::Spaced,
-            84..92 => Stamp::SpacedMillis,
-            92..95 => Stamp::IsoOffset,
-            95..97 => Stamp::IsoZ,
-            _ => Stamp::IsoMillisZ,
+            0..80 => Stamp::Spaced,
+            80..87 => Stamp::SpacedMillis,
+            87..89 => Stamp::IsoOffset,
+            89..91 => Stamp::IsoZ,
+            91..93 => Stamp::IsoMillisZ,
+            93..94 => Stamp::SpacedCompact,
+            94..95 => Stamp::SpacedWest,
+            95..96 => Stamp::IsoEast,
+            96..98 => Stamp::DoubleFraction,
+            _ => Stamp::EpochMillis,
         }
     }
 
     fn has_millis(self) -> bool {
-        matches!(self, Stamp::SpacedMillis | Stamp::IsoMillisZ)
+        matches!(
+            self,
+            Stamp::SpacedMillis | Stamp::IsoMillisZ | Stamp::DoubleFraction | Stamp::EpochMillis
+        )
+    }
+
+    /// The offset the local time is written in, in minutes east of UTC.
+    fn offset_minutes(self) -> i64 {
+        match self {
+            Stamp::SpacedWest => -5 * 60,
+            Stamp::IsoEast => 5 * 60 + 30,
+            _ => 0,
+        }
     }
 
     /// `ms` without its millisecond part when this format has none.
@@ -371,18 +422,26 @@ impl Generator {
         let end_ms = start_ms + cfg.days as i64 * DAY;
         let people = (0..cfg.users)
             .map(|i| {
-                let email = people::email(cfg.seed, i);
-                let user_id = people::user_id(cfg.seed, i);
-                let domain = email.rsplit('@').next().unwrap_or_default();
-                Person {
-                    email_json: json_literal(&email),
-                    user_id_json: user_id.as_deref().map(json_literal),
-                    domain_json: json_literal(domain),
-                    email,
-                    user_id,
-                }
+                Person::new(
+                    Some(people::email(cfg.seed, i)),
+                    people::user_id(cfg.seed, i),
+                )
             })
             .collect();
+        let earlier = match cfg.identity_changes {
+            true => (0..cfg.users)
+                .map(|i| {
+                    let user_id = people::user_id(cfg.seed, i)?;
+                    let email = people::email(cfg.seed, i);
+                    match i % 10 {
+                        3 => Some(Person::new(None, Some(user_id))),
+                        7 => Some(Person::new(Some(format!("was.{email}")), Some(user_id))),
+                        _ => None,
+                    }
+                })
+                .collect(),
+            false => Vec::new(),
+        };
         Generator {
             seed: cfg.seed,
             start_ms,
@@ -391,6 +450,7 @@ impl Generator {
             mid_ms: start_ms + (end_ms - start_ms) / 2,
             end_ms,
             people,
+            earlier,
             plans: catalog::export_streams().map(Plan::new).collect(),
             nested: Nested::new(),
         }
@@ -446,9 +506,13 @@ impl Generator {
         let mut scratch = Vec::new();
         self.scan(q, from, &mut |pos, rec| {
             line.clear();
+            let earlier = match plan.user && rec.cursor_ms < self.mid_ms {
+                true => self.earlier.get(rec.user as usize).and_then(Option::as_ref),
+                false => None,
+            };
             let mut ctx = Ctx {
                 rec,
-                person: &self.people[rec.user as usize],
+                person: earlier.unwrap_or(&self.people[rec.user as usize]),
                 nested: &self.nested,
                 mid_ms: self.mid_ms,
                 campaign: None,
@@ -737,7 +801,8 @@ impl Plan {
                         ..prop
                     };
                     let presence = match name.as_str() {
-                        "createdAt" | "email" => Presence::Always,
+                        "createdAt" => Presence::Always,
+                        "email" => Presence::Email,
                         "profileUpdatedAt" if user => Presence::Always,
                         "userId" => Presence::UserId,
                         _ => Presence::Usual,
@@ -942,6 +1007,7 @@ fn write_object(
                 Some(_) => Some(true),
                 None => (rng.percent() >= 70).then_some(false),
             },
+            Presence::Email => ctx.person.email_json.is_some().then_some(true),
             Presence::AfterMid => {
                 (ctx.rec.cursor_ms >= ctx.mid_ms && rng.percent() < 60).then_some(true)
             }
@@ -977,12 +1043,18 @@ fn write_value(kind: &Gen, ctx: &mut Ctx, rng: &mut Rng, out: &mut Vec<u8>, scra
     let rec = ctx.rec;
     match kind {
         Gen::Cursor => push_stamp(out, rec.cursor_ms, rec.cursor_stamp),
-        Gen::Email => out.extend_from_slice(&ctx.person.email_json),
+        Gen::Email => match &ctx.person.email_json {
+            Some(email) => out.extend_from_slice(email),
+            None => out.extend_from_slice(b"null"),
+        },
         Gen::UserId => match &ctx.person.user_id_json {
             Some(id) => out.extend_from_slice(id),
             None => out.extend_from_slice(b"null"),
         },
-        Gen::EmailDomain => out.extend_from_slice(&ctx.person.domain_json),
+        Gen::EmailDomain => match &ctx.person.domain_json {
+            Some(domain) => out.extend_from_slice(domain),
+            None => out.extend_from_slice(b"null"),
+        },
         Gen::Pick(items) => out.extend_from_slice(rng.pick(items).as_bytes()),
         Gen::Hex(len) => {
             out.push(b'"');
@@ -1396,10 +1468,16 @@ fn push_bool(out: &mut Vec<u8>, v: bool) {
     out.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
-/// Writes the instant `ms` (epoch milliseconds, UTC) as a quoted string in `stamp`'s format.
+/// Writes the instant `ms` (epoch milliseconds, UTC) in `stamp`'s format: a quoted string,
+/// or a number for [`Stamp::EpochMillis`].
 fn push_stamp(out: &mut Vec<u8>, ms: i64, stamp: Stamp) {
-    let (y, mo, d) = civil_from_days(ms.div_euclid(DAY));
-    let in_day = ms.rem_euclid(DAY);
+    if stamp == Stamp::EpochMillis {
+        push_i64(out, ms);
+        return;
+    }
+    let local = ms + stamp.offset_minutes() * 60 * SECOND;
+    let (y, mo, d) = civil_from_days(local.div_euclid(DAY));
+    let in_day = local.rem_euclid(DAY);
     let secs = in_day / SECOND;
     out.push(b'"');
     if (0..=9999).contains(&y) {
@@ -1411,10 +1489,11 @@ fn push_stamp(out: &mut Vec<u8>, ms: i64, stamp: Stamp) {
     push_padded(out, mo as u64, 2);
     out.push(b'-');
     push_padded(out, d as u64, 2);
-    out.push(match stamp {
-        Stamp::Spaced | Stamp::SpacedMillis => b' ',
-        _ => b'T',
-    });
+    let spaced = matches!(
+        stamp,
+        Stamp::Spaced | Stamp::SpacedMillis | Stamp::SpacedCompact | Stamp::SpacedWest
+    );
+    out.push(if spaced { b' ' } else { b'T' });
     push_padded(out, (secs / 3600) as u64, 2);
     out.push(b':');
     push_padded(out, (secs / 60 % 60) as u64, 2);
@@ -1426,8 +1505,12 @@ fn push_stamp(out: &mut Vec<u8>, ms: i64, stamp: Stamp) {
     }
     out.extend_from_slice(match stamp {
         Stamp::Spaced | Stamp::SpacedMillis => b" +00:00\"",
+        Stamp::SpacedCompact => b" +0000\"",
+        Stamp::SpacedWest => b" -05:00\"",
         Stamp::IsoOffset => b"+00:00\"",
-        Stamp::IsoZ | Stamp::IsoMillisZ => b"Z\"",
+        Stamp::IsoEast => b"+05:30\"",
+        Stamp::DoubleFraction => b"000.000Z\"",
+        Stamp::IsoZ | Stamp::IsoMillisZ | Stamp::EpochMillis => b"Z\"",
     });
 }
 
@@ -1623,7 +1706,7 @@ impl<'de> Deserialize<'de> for Props {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
+    use chrono::{DateTime, FixedOffset, Utc};
 
     #[test]
     fn every_pool_entry_is_a_json_string() {
@@ -1659,6 +1742,8 @@ mod tests {
             -1,
         ] {
             let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+            let west = t.with_timezone(&FixedOffset::west_opt(5 * 3600).unwrap());
+            let east = t.with_timezone(&FixedOffset::east_opt(5 * 3600 + 1800).unwrap());
             let cases = [
                 (Stamp::Spaced, t.format("\"%Y-%m-%d %H:%M:%S +00:00\"")),
                 (
@@ -1668,12 +1753,25 @@ mod tests {
                 (Stamp::IsoOffset, t.format("\"%Y-%m-%dT%H:%M:%S+00:00\"")),
                 (Stamp::IsoZ, t.format("\"%Y-%m-%dT%H:%M:%SZ\"")),
                 (Stamp::IsoMillisZ, t.format("\"%Y-%m-%dT%H:%M:%S%.3fZ\"")),
+                (
+                    Stamp::SpacedCompact,
+                    t.format("\"%Y-%m-%d %H:%M:%S +0000\""),
+                ),
+                (Stamp::SpacedWest, west.format("\"%Y-%m-%d %H:%M:%S %:z\"")),
+                (Stamp::IsoEast, east.format("\"%Y-%m-%dT%H:%M:%S%:z\"")),
+                (
+                    Stamp::DoubleFraction,
+                    t.format("\"%Y-%m-%dT%H:%M:%S%.6f.000Z\""),
+                ),
             ];
             for (stamp, want) in cases {
                 let mut out = Vec::new();
                 push_stamp(&mut out, ms, stamp);
                 assert_eq!(String::from_utf8(out).unwrap(), want.to_string());
             }
+            let mut out = Vec::new();
+            push_stamp(&mut out, ms, Stamp::EpochMillis);
+            assert_eq!(out, ms.to_string().as_bytes());
         }
     }
 

@@ -62,6 +62,11 @@ pub struct FakeConfig {
     /// [`Generator::settled`]) and replay it for the same request, so that a benchmark's
     /// client, not the fake's generator, uses the CPU. Bodies are held whole in memory.
     pub cache_bodies: bool,
+    /// Users who change identity at the data range's middle, as the user export shows
+    /// them (the other endpoints know them by their current identity): every tenth user
+    /// with a userId (`i % 10 == 3`) had no email before it (a userId-only profile that
+    /// gains one), and another tenth (`i % 10 == 7`) had the email `was.<email>`.
+    pub identity_changes: bool,
     pub faults: Faults,
 }
 
@@ -78,6 +83,15 @@ pub struct Faults {
     pub failing_lists: Vec<i64>,
     /// Cut export responses off mid-body (connection closed without the final chunk).
     pub cut_off: Option<CutOff>,
+    /// End export responses early but cleanly (a proper end of the chunked body), in the
+    /// middle of a line: one byte past `after_bytes` when that falls at a line's end. Counted
+    /// apart from `cut_off`; a request `cut_off` takes is not also cut here.
+    pub clean_cut_off: Option<CutOff>,
+    /// Start every `data.json` and `userEvents` body with a UTF-8 byte-order mark.
+    pub byte_order_mark: bool,
+    /// Answer `campaigns/metrics` as older projects do: every header (and cell) twice in a
+    /// row, and `Purchases / M` and `Revenue / M` without the medium.
+    pub old_metrics_csv: bool,
     /// Answer this share of `/api` requests (0.0–1.0) with 500 `GenericError`, after the key
     /// check, drawing one number per request from a sequence seeded by `random_500_seed`.
     pub random_500: f64,
@@ -99,6 +113,15 @@ pub struct CutOff {
     pub first_requests: u32,
 }
 
+/// How one response is cut short, after how many bytes.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// The connection is aborted without the final chunk.
+    Abort(usize),
+    /// The body ends properly, in the middle of a line.
+    Clean(usize),
+}
+
 impl Default for Faults {
     fn default() -> Self {
         Faults {
@@ -106,6 +129,9 @@ impl Default for Faults {
             retry_after: false,
             failing_lists: Vec::new(),
             cut_off: None,
+            clean_cut_off: None,
+            byte_order_mark: false,
+            old_metrics_csv: false,
             random_500: 0.0,
             random_500_seed: 0,
             latency: None,
@@ -126,6 +152,7 @@ impl FakeConfig {
             users: 200,
             job_file_bytes: 10 * 1024 * 1024,
             cache_bodies: false,
+            identity_changes: false,
             faults: Faults {
                 export_rate: None,
                 ..Faults::default()
@@ -149,8 +176,9 @@ pub(crate) struct State {
     /// When the export requests admitted in the current rate-limit window arrived.
     export_window: Mutex<VecDeque<Instant>>,
     dice_500: Mutex<Rng>,
-    /// Successful `data.json` requests the cut-off fault has seen.
+    /// Successful `data.json` requests the cut-off faults have seen, each.
     cut_off_seen: AtomicU64,
+    clean_cut_off_seen: AtomicU64,
     jobs: Mutex<jobs::Jobs>,
     /// Export bodies by request, when `cfg.cache_bodies`.
     pub(crate) bodies: Mutex<HashMap<String, Arc<[axum::body::Bytes]>>>,
@@ -168,6 +196,7 @@ impl State {
             rate_limited: AtomicU64::new(0),
             export_window: Mutex::new(VecDeque::new()),
             cut_off_seen: AtomicU64::new(0),
+            clean_cut_off_seen: AtomicU64::new(0),
             jobs: Mutex::new(jobs::Jobs::default()),
             bodies: Mutex::new(HashMap::new()),
         }
@@ -224,18 +253,27 @@ impl State {
         }
     }
 
-    /// Where to cut this `data.json` response off, if `Faults::cut_off` applies to it.
-    fn take_cut_off(&self, requested: &str, canonical: &str) -> Option<usize> {
-        let cut = self.cfg.faults.cut_off.as_ref()?;
-        if cut
-            .data_type
-            .as_deref()
-            .is_some_and(|t| t != requested && t != canonical)
-        {
-            return None;
-        }
-        let seen = self.cut_off_seen.fetch_add(1, Ordering::Relaxed);
-        (seen < cut.first_requests as u64).then_some(cut.after_bytes)
+    /// How to cut this `data.json` response short, if `Faults::cut_off` or
+    /// `Faults::clean_cut_off` applies to it.
+    fn take_cut_off(&self, requested: &str, canonical: &str) -> Option<Cut> {
+        let faults = &self.cfg.faults;
+        let take = |cut: Option<&CutOff>, seen: &AtomicU64| {
+            let cut = cut?;
+            if cut
+                .data_type
+                .as_deref()
+                .is_some_and(|t| t != requested && t != canonical)
+            {
+                return None;
+            }
+            let seen = seen.fetch_add(1, Ordering::Relaxed);
+            (seen < cut.first_requests as u64).then_some(cut.after_bytes)
+        };
+        take(faults.cut_off.as_ref(), &self.cut_off_seen)
+            .map(Cut::Abort)
+            .or_else(|| {
+                take(faults.clean_cut_off.as_ref(), &self.clean_cut_off_seen).map(Cut::Clean)
+            })
     }
 
     /// A query of data type `ty` over `[start_ms, end_ms)` as the clock sees it now.

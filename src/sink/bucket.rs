@@ -12,19 +12,39 @@ use xxhash_rust::xxh3::xxh3_64;
 
 /// The key of every row of `batch`: its first non-null column among `key_columns`.
 pub fn row_keys(batch: &RecordBatch, key_columns: &[usize]) -> Vec<Option<String>> {
-    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|row| key_columns.iter().find_map(|&c| key_in(batch, c, row)))
+        .collect()
+}
+
+/// The keys every row of `batch` replaces: those it would have under each key column after
+/// the one that gives its key. A user who had only a userId (key `userId:…`) and gains an
+/// email is keyed `email:…` from then on; that row replaces the `userId:…` one.
+pub fn replaced_keys(batch: &RecordBatch, key_columns: &[usize]) -> Vec<Vec<String>> {
     (0..batch.num_rows())
         .map(|row| {
-            key_columns.iter().find_map(|&c| {
-                let col = batch.column(c);
-                if col.is_null(row) {
-                    return None;
-                }
-                let value = array_value_to_string(col, row).ok()?;
-                Some(format!("{}:{value}", schema.field(c).name()))
-            })
+            let Some(first) = key_columns
+                .iter()
+                .position(|&c| key_in(batch, c, row).is_some())
+            else {
+                return Vec::new();
+            };
+            key_columns[first + 1..]
+                .iter()
+                .filter_map(|&c| key_in(batch, c, row))
+                .collect()
         })
         .collect()
+}
+
+/// `column:value` of column `c` at `row`, unless null.
+fn key_in(batch: &RecordBatch, c: usize, row: usize) -> Option<String> {
+    let col = batch.column(c);
+    if col.is_null(row) {
+        return None;
+    }
+    let value = array_value_to_string(col, row).ok()?;
+    Some(format!("{}:{value}", batch.schema_ref().field(c).name()))
 }
 
 /// The bucket of a key among `buckets` (bucket 0 for rows without a key).
@@ -72,5 +92,24 @@ mod tests {
         assert_eq!(bucket_of(None, 16), 0);
         assert_eq!(bucket_partition(3, 16), "bucket=03");
         assert_eq!(bucket_partition(3, 256), "bucket=003");
+    }
+
+    #[test]
+    fn a_row_keyed_by_email_replaces_the_key_its_user_had_by_user_id() {
+        let email = StringArray::from(vec![Some("a@x"), Some("b@x"), None, None]);
+        let user = StringArray::from(vec![Some("u1"), None, Some("u3"), None]);
+        let batch = RecordBatch::try_from_iter([
+            ("email", Arc::new(email) as _),
+            ("userId", Arc::new(user) as _),
+        ])
+        .unwrap();
+        assert_eq!(
+            replaced_keys(&batch, &[0, 1]),
+            [vec!["userId:u1".to_string()], vec![], vec![], vec![]]
+        );
+        assert_eq!(
+            replaced_keys(&batch, &[0]),
+            [vec![], vec![], vec![], vec![]] as [Vec<String>; 4]
+        );
     }
 }

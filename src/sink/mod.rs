@@ -1,6 +1,7 @@
 //! Where data lands: the lake's object store and the partitioned Parquet writer.
 
 pub mod bucket;
+pub mod merge;
 pub mod store;
 pub mod writer;
 

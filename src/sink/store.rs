@@ -1,12 +1,19 @@
 //! The lake's storage: one `object_store` for local disk and S3 alike, built from `--dest`.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryFutureExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -189,12 +196,70 @@ impl LakeStore {
         Ok(())
     }
 
+    /// A Parquet reader of the lake's file `relative`, `size` bytes long, that fetches the
+    /// byte ranges it decodes (a row group's columns at a time), never the whole file.
+    pub fn parquet_reader(&self, relative: &str, size: u64) -> LakeFileReader {
+        LakeFileReader {
+            store: self.store.clone(),
+            path: self.path(relative),
+            size,
+        }
+    }
+
     /// `path` relative to the lake's root.
     pub fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.root) {
             Some(parts) => Path::from_iter(parts).to_string(),
             None => path.to_string(),
         }
+    }
+}
+
+/// See [`LakeStore::parquet_reader`].
+pub struct LakeFileReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn parquet_error(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for LakeFileReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store
+            .get_range(&self.path, range)
+            .map_err(parquet_error)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(parquet_error)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
     }
 }
 

@@ -106,13 +106,15 @@ impl ExportFetcher {
         }
     }
 
-    /// Fetch `window` into `writer`'s files. On failure the files are deleted.
+    /// Fetch `window` into `writer`'s files. On failure (also a body that ends inside a
+    /// record) the files are deleted.
     pub async fn fetch(
         &self,
         window: Window,
         writer: PartitionedWriter,
     ) -> Result<Fetched, FetchError> {
         let resp = self.request(window).await?;
-        pipeline::run(resp.bytes_stream(), self.decoder.clone(), None, writer).await
+        let body = pipeline::checked(resp.bytes_stream());
+        pipeline::run(body, self.decoder.clone(), None, writer).await
     }
 }

@@ -16,6 +16,13 @@ pub enum FetchError {
     Api(#[from] ApiError),
     #[error("response cut off after {bytes} bytes: {source}")]
     CutOff { bytes: u64, source: reqwest::Error },
+    /// The body ended cleanly, but inside a record: its last `line_bytes` bytes are not a
+    /// complete JSON object.
+    #[error(
+        "response ended after {bytes} bytes in the middle of a line (its last {line_bytes} \
+         bytes are not a complete JSON object)"
+    )]
+    Truncated { bytes: u64, line_bytes: usize },
     #[error("decoding: {0}")]
     Decode(arrow::error::ArrowError),
     #[error(transparent)]
@@ -46,7 +53,7 @@ impl FetchError {
     /// Whether a smaller window may succeed where this one failed.
     pub fn is_splittable(&self) -> bool {
         match self {
-            FetchError::CutOff { .. } => true,
+            FetchError::CutOff { .. } | FetchError::Truncated { .. } => true,
             FetchError::Api(e) => e.is_timeout(),
             _ => false,
         }

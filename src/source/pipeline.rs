@@ -4,10 +4,15 @@
 //! a blocking task, joined by bounded channels: memory stays flat whatever the body's size.
 //! A run either finishes and returns its files, which the caller commits, or fails and
 //! deletes what it wrote.
+//!
+//! An NDJSON response goes through [`checked`] first, so that a body the server ended in the
+//! middle of a record fails like a broken connection instead of committing a short window.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -136,6 +141,121 @@ where
     }
 }
 
+/// The UTF-8 byte-order mark, which some servers put before a body.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One NDJSON response body, checked as it passes: a byte-order mark at its very start is
+/// dropped, and a body whose last line is not a complete JSON object ends with
+/// [`FetchError::Truncated`] (splittable, like a cut connection) instead of ending cleanly.
+/// Iterable's complete bodies may end without a newline, but never inside a record; a
+/// malformed line in the middle is left to the decoder, which keeps it.
+pub fn checked<S, E>(body: S) -> Checked<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<FetchError>,
+{
+    Checked {
+        body,
+        head: Some(BytesMut::new()),
+        last_line: Vec::new(),
+        bytes: 0,
+        done: false,
+    }
+}
+
+/// The stream [`checked`] returns.
+pub struct Checked<S> {
+    body: S,
+    /// The body's first bytes while they may still be the start of a byte-order mark.
+    head: Option<BytesMut>,
+    /// The pieces of the body after its last newline so far.
+    last_line: Vec<Bytes>,
+    bytes: u64,
+    done: bool,
+}
+
+impl<S> Checked<S> {
+    fn note(&mut self, chunk: &Bytes) {
+        self.bytes += chunk.len() as u64;
+        match memchr::memrchr(b'\n', chunk) {
+            Some(pos) => {
+                self.last_line.clear();
+                self.last_line.push(chunk.slice(pos + 1..));
+            }
+            None => self.last_line.push(chunk.clone()),
+        }
+    }
+
+    /// The error for a body that ended now, if its last line is a record cut short.
+    fn end(&mut self) -> Option<FetchError> {
+        if let Some(head) = self.head.take() {
+            self.note(&head.freeze());
+        }
+        let line = self.last_line.concat();
+        (!is_complete_last_line(&line)).then(|| FetchError::Truncated {
+            bytes: self.bytes,
+            line_bytes: line.len(),
+        })
+    }
+}
+
+/// Whether `line`, the text after a body's last newline, ends the body properly: blank, or
+/// one whole JSON object (a string in it need not be valid UTF-8: the decoder keeps such a
+/// line as malformed, byte for byte).
+fn is_complete_last_line(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_matches([' ', '\t', '\r', '\n']);
+    text.is_empty()
+        || (text.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+}
+
+impl<S, E> Stream for Checked<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<FetchError>,
+{
+    type Item = Result<Bytes, FetchError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let chunk = match ready!(this.body.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    this.done = true;
+                    return Poll::Ready(this.end().map(Err));
+                }
+            };
+            let chunk = match &mut this.head {
+                None => chunk,
+                Some(head) => {
+                    head.extend_from_slice(&chunk);
+                    if head.len() < BOM.len() && BOM.starts_with(head) {
+                        continue;
+                    }
+                    let mut head = this.head.take().expect("matched").freeze();
+                    if head.starts_with(BOM) {
+                        head.advance(BOM.len());
+                    }
+                    head
+                }
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            this.note(&chunk);
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+    }
+}
+
 /// Rewrite every line of `chunk` with `map`.
 fn map_lines(chunk: &[u8], map: &LineMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
@@ -222,8 +342,70 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dropped_run_stops_reading_its_body() {
+    /// `body` through [`checked`] in pieces of `piece` bytes: what it passes, or its error.
+    fn check(body: &[u8], piece: usize) -> Result<Vec<u8>, FetchError> {
+        let chunks: Vec<Result<Bytes, FetchError>> = body
+            .chunks(piece)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let mut out = Vec::new();
+        futures::executor::block_on(async {
+            let mut s = checked(futures::stream::iter(chunks));
+            while let Some(chunk) = s.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn a_body_must_end_in_a_whole_record_and_loses_its_byte_order_mark() {
+        let whole: [&[u8]; 8] = [
+            b"",
+            b"{\"a\":1}\n{\"a\":2}",
+            b"{\"a\":1}\n{\"a\":2}\r\n",
+            b"{\"a\":1}\n{\"a\":2}\n \r\n\n",
+            b"{\"a\":1}\nnot json\n{\"a\":2}",
+            b"{\"a\":1}\n{\"a\":\"\xff\"}",
+            b"{\"a\":\"}\\n{\"}",
+            b"\xEF\xBB\xBF",
+        ];
+        let cut: [(&[u8], usize); 7] = [
+            (b"{\"a\":1}\n{\"a\":", 5),
+            (b"{\"a\":1}\n{\"a\":\"b}", 8),
+            (b"{\"a\":1}\n{\"a\":2}\n{", 1),
+            (b"{\"a\":1}\n[1,2]", 5),
+            (b"{\"a\":\"\xc3", 7),
+            (b"\xEF\xBB", 2),
+            (b"not json", 8),
+        ];
+        for piece in [1, 2, 3, 7, 1 << 20] {
+            for body in whole {
+                let passed = check(body, piece).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+                let want = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+                assert_eq!(passed, want, "{piece}");
+            }
+            for (body, line) in cut {
+                match check(body, piece) {
+                    Err(FetchError::Truncated { bytes, line_bytes }) => {
+                        assert_eq!((bytes, line_bytes), (body.len() as u64, line), "{body:?}");
+                    }
+                    other => panic!("{body:?} in pieces of {piece}: {other:?}"),
+                }
+            }
+            let marked = check(b"\xEF\xBB\xBF{\"a\":1}\n", piece).unwrap();
+            assert_eq!(marked, b"{\"a\":1}\n");
+        }
+        assert!(
+            FetchError::Truncated {
+                bytes: 1,
+                line_bytes: 1
+            }
+            .is_splittable()
+        );
+    }
+
+    fn email_send_run() -> (Arc<Decoder>, PartitionedWriter) {
         let def = catalog::find("email_send").expect("stream");
         let schema = Arc::new(StreamSchema::parse(def.name, def.schema, true).expect("schema"));
         let decoder = Arc::new(Decoder::new(schema.clone(), 0, def.data_type()));
@@ -236,6 +418,34 @@ mod tests {
             FileNamer::new("r1"),
             WriterLimits::default(),
         );
+        (decoder, writer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_malformed_line_in_the_middle_is_kept_and_a_cut_last_line_fails_the_run() {
+        let line = "{\"createdAt\":\"2024-01-01 00:00:00 +00:00\",\"email\":\"a@b.c\"}";
+        let body = |tail: &str| {
+            let text = format!("\u{feff}{line}\n{{\"createdAt\":\"2024-01\n{line}{tail}");
+            checked(futures::stream::iter([Ok::<_, FetchError>(Bytes::from(
+                text,
+            ))]))
+        };
+        let (decoder, writer) = email_send_run();
+        let fetched = run(body(""), decoder, None, writer).await.expect("runs");
+        assert_eq!((fetched.rows, fetched.malformed), (3, 1));
+        assert_eq!(fetched.files.len(), 1);
+
+        let (decoder, writer) = email_send_run();
+        let cut = run(body("\n{\"createdAt\":\"2024"), decoder, None, writer).await;
+        assert!(
+            matches!(cut, Err(FetchError::Truncated { line_bytes: 18, .. })),
+            "{cut:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_run_stops_reading_its_body() {
+        let (decoder, writer) = email_send_run();
         // One line, then a body that never ends, as a stalled server's would.
         let dropped = Arc::new(AtomicBool::new(false));
         let flag = DropFlag(dropped.clone());

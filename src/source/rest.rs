@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::FetchError;
-use crate::api::{ApiClient, Family};
+use crate::api::{ApiClient, Family, display_url};
 use crate::catalog::Source;
 
 /// A response body as a stream of NDJSON chunks.
@@ -98,7 +98,7 @@ async fn get_json(
     query: &[(&str, String)],
 ) -> Result<(String, Bytes), FetchError> {
     let resp = client.get_segments(Family::Other, segments, query).await?;
-    let url = resp.url().to_string();
+    let url = display_url(resp.url());
     let body = resp.bytes().await?;
     Ok((url, body))
 }

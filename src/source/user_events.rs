@@ -9,8 +9,9 @@
 //! members are still read.
 //!
 //! [`body`] streams the events of a batch of users as one NDJSON body for the
-//! [pipeline](super::pipeline): each user's response in turn, separated by a newline (a body
-//! need not end with one).
+//! [pipeline](super::pipeline): each user's response in turn, [checked](pipeline::checked)
+//! on its own (a response that ends inside a record fails the batch), separated by a
+//! newline (a response need not end with one).
 
 use std::collections::BTreeSet;
 
@@ -19,6 +20,7 @@ use futures::StreamExt;
 
 use super::FetchError;
 use super::list_users;
+use super::pipeline;
 use super::rest::{self, Body};
 use crate::api::{ApiClient, Family};
 
@@ -90,7 +92,7 @@ pub fn body(client: ApiClient, users: Vec<String>) -> Body {
             let resp = client
                 .get(Family::Other, "export/userEvents", &user_query(user))
                 .await?;
-            let mut events = resp.bytes_stream();
+            let mut events = pipeline::checked(resp.bytes_stream());
             while let Some(chunk) = events.next().await {
                 if tx.send(Ok(chunk?)).await.is_err() {
                     return Ok(());

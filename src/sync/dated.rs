@@ -1,24 +1,146 @@
 //! Dated (export) streams: incremental units of whole UTC days, windows split when cut off,
 //! quarantine of units that keep failing, and full refreshes over the same windows.
+//!
+//! - A unit is fetched as windows in time order. A window cut off or timed out is split in
+//!   halves (down to `min_window_secs`), then retried; each window counts its own attempts,
+//!   so a heavy day that needs many splits converges, and after a cut-off the next unit is no
+//!   longer than the longest window that came back whole.
+//! - A window that still fails ends its unit: the whole days fetched before it commit as a
+//!   unit of their own (in the deduped layout, everything fetched before it), and only the
+//!   rest is quarantined, so the next run does not fetch them again.
+//! - The replace guard: a commit of the dated layout replaces the live files of the date
+//!   partitions it read, so a read holding under `min_replace_ratio` of a partition's live
+//!   rows (a body cut short that still looked whole, an outage answering empty days) is not
+//!   committed but quarantined, and read again by the next run. For `users`, whose rows move
+//!   to the day of their latest update, only reads that reach the run's end are guarded,
+//!   over their days together (see [`guard_replace`]). Incremental-deduped merges
+//!   by key and never drops a key, so it needs no guard; a full refresh replaces the stream
+//!   by choice and is not guarded either.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::RangeInclusive;
 use std::time::Instant;
 
 use super::dedupe::{Bucketing, is_bucket_file};
 use super::{
-    MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, plan, same_layout,
-    switch_layout, to_time,
+    MICROS_PER_DAY, Progress, QuarantineReport, StreamCtx, StreamStatus, WindowPolicy, floor_day,
+    plan, same_layout, switch_layout, to_time,
 };
 use crate::catalog::SyncMode;
-use crate::manifest::Quarantined;
-use crate::sink::{Partitioning, WrittenFile, day_of, partition_day};
+use crate::manifest::{LiveFile, Quarantined};
+use crate::sink::{Partitioning, WrittenFile, date_partition, day_of, partition_day};
 use crate::source::FetchError;
 use crate::source::export::{ExportFetcher, Window};
 
-/// A unit that failed: the error, after how many attempts.
+/// Why the rest of a unit was given up: the error of the window that failed, after how
+/// many attempts of that window.
 struct UnitFailure {
     error: FetchError,
     attempts: u32,
+}
+
+/// What fetching a unit gave: the files of the windows that came back whole, which cover
+/// `[unit.start, done)` without a gap (windows are fetched in time order), and why the rest
+/// was given up, when it was.
+struct UnitFetch {
+    files: Vec<WrittenFile>,
+    done: i64,
+    failure: Option<UnitFailure>,
+    /// A window was cut off or timed out (and split or retried).
+    cut: bool,
+    /// The longest window that came back whole, µs.
+    longest_ok: i64,
+}
+
+/// A window of a unit still to fetch, and how often that window itself has failed. The
+/// halves of a split window start again at zero: a split is progress (bounded by
+/// `min_window_secs`), so a heavy day that needs many splits is not given up.
+struct Pending {
+    window: Window,
+    attempts: u32,
+}
+
+/// Live partitions holding fewer rows than this are not guarded against a short re-read:
+/// a few deleted users can halve them, and a guard that fires on every run would keep such
+/// a day quarantined for good.
+const GUARDED_PARTITION_ROWS: u64 = 20;
+
+/// A re-read that would replace date partitions with far fewer rows than they hold live.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "the re-read holds {read} rows for {partition} where {live} are live{more}, under \
+     --min-replace-ratio {ratio}; nothing of this window was committed, its live rows stay, \
+     and the next run reads it again (if the data really shrank, run once with \
+     --min-replace-ratio 0)"
+)]
+struct ShortReread {
+    partition: String,
+    read: u64,
+    live: u64,
+    /// `, and N more partitions` when more are short.
+    more: String,
+    ratio: f64,
+}
+
+/// Whether `file` lies in a date partition of the dated layout in `days`: the files a unit
+/// over those days replaces (with the other layout's bucket files, which it retires).
+fn in_days(file: &LiveFile, days: &RangeInclusive<i64>) -> bool {
+    !is_bucket_file(file) && partition_day(&file.file.partition).is_some_and(|d| days.contains(&d))
+}
+
+/// The replace guard: `Err` when `read`, the files of a re-read of `days`, holds under
+/// `ratio` of the rows `live` holds there (and the live rows are at least
+/// [`GUARDED_PARTITION_ROWS`]). `by_partition` (events, which never change date): each date
+/// partition on its own, since a body cut short empties the days after the cut whatever
+/// the days before it hold. Otherwise (users, whose row moves to the date of their latest
+/// update, always later): all the days together, against every row read, wherever it
+/// landed; the caller guards only reads that reach the run's end, which read every such
+/// user again.
+fn guard_replace(
+    read: &[WrittenFile],
+    live: &[LiveFile],
+    days: RangeInclusive<i64>,
+    ratio: f64,
+    by_partition: bool,
+) -> Result<(), ShortReread> {
+    let whole = format!(
+        "{} to {}",
+        date_partition(*days.start()),
+        date_partition(*days.end())
+    );
+    let key = |partition: &str| match by_partition {
+        true => partition.to_string(),
+        false => whole.clone(),
+    };
+    let mut rows: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for f in live.iter().filter(|f| in_days(f, &days)) {
+        rows.entry(key(&f.file.partition)).or_default().1 += f.file.rows;
+    }
+    for f in read {
+        if let Some(r) = rows.get_mut(&key(&f.partition)) {
+            r.0 += f.rows;
+        }
+    }
+    let short: Vec<(String, u64, u64)> = rows
+        .into_iter()
+        .filter(|(_, (read, live))| {
+            *live >= GUARDED_PARTITION_ROWS && (*read as f64) < ratio * *live as f64
+        })
+        .map(|(partition, (read, live))| (partition, read, live))
+        .collect();
+    let Some((partition, read, live)) = short.first().cloned() else {
+        return Ok(());
+    };
+    Err(ShortReread {
+        partition,
+        read,
+        live,
+        more: match short.len() {
+            1 => String::new(),
+            n => format!(", and {} more partitions", n - 1),
+        },
+        ratio,
+    })
 }
 
 impl StreamCtx<'_> {
@@ -33,7 +155,11 @@ impl StreamCtx<'_> {
             .ok_or_else(|| format!("{} is not an export stream", self.stream.name))
     }
 
-    /// Fetch one unit as windows, splitting windows that are cut off or time out.
+    /// Fetch one unit as windows in time order, splitting windows that are cut off or time
+    /// out, down to `min_window_secs`, then retrying a window up to `max_attempts` times.
+    /// A window that still fails ends the unit: what came back before it is kept (the
+    /// caller commits that prefix or deletes it). `Err` only for a fatal error, after
+    /// deleting every file.
     async fn fetch_unit(
         &self,
         fetcher: &ExportFetcher,
@@ -41,12 +167,24 @@ impl StreamCtx<'_> {
         dir: &str,
         bucketing: Option<&Bucketing>,
         p: &mut Progress,
-    ) -> Result<Vec<WrittenFile>, UnitFailure> {
+    ) -> Result<UnitFetch, FetchError> {
         let policy = &self.opts().window;
-        let mut queue = VecDeque::from([unit]);
-        let mut files = Vec::new();
-        let mut attempts = 0;
-        while let Some(w) = queue.pop_front() {
+        let mut queue = VecDeque::from([Pending {
+            window: unit,
+            attempts: 0,
+        }]);
+        let mut out = UnitFetch {
+            files: Vec::new(),
+            done: unit.start,
+            failure: None,
+            cut: false,
+            longest_ok: 0,
+        };
+        while let Some(Pending {
+            window: w,
+            attempts,
+        }) = queue.pop_front()
+        {
             let column = self.cursor_column();
             let writer = match bucketing {
                 Some(b) => self.staging_writer(b),
@@ -68,38 +206,52 @@ impl StreamCtx<'_> {
                         tracing::warn!(stream = self.stream.name, window = %w, lines = f.malformed, "lines that are not JSON objects were kept in _extra._malformed_line");
                     }
                     p.report.malformed_lines += f.malformed;
-                    files.extend(f.files);
+                    out.files.extend(f.files);
+                    out.done = w.end;
+                    out.longest_ok = out.longest_ok.max(w.end - w.start);
+                }
+                Err(error) if error.is_fatal() => {
+                    self.run.delete_files(&out.files).await;
+                    return Err(error);
                 }
                 Err(error) => {
-                    attempts += 1;
-                    let give_up = error.is_fatal()
-                        || !error.is_splittable()
-                        || attempts >= policy.max_attempts;
-                    if give_up {
-                        self.run.delete_files(&files).await;
-                        return Err(UnitFailure { error, attempts });
-                    }
-                    p.report.window_retries += 1;
+                    let attempts = attempts + 1;
                     let span = w.end - w.start;
-                    if span > policy.min_window_secs * 1_000_000 {
+                    let split = error.is_splittable() && span > policy.min_window_secs * 1_000_000;
+                    if !error.is_splittable() || (!split && attempts >= policy.max_attempts) {
+                        out.failure = Some(UnitFailure { error, attempts });
+                        return Ok(out);
+                    }
+                    out.cut = true;
+                    p.report.window_retries += 1;
+                    if split {
                         let mid = w.start + (span / 2_000_000) * 1_000_000;
                         tracing::warn!(stream = self.stream.name, window = %w, error = %error, "window failed; splitting it");
-                        queue.push_front(Window {
-                            start: mid,
-                            end: w.end,
+                        queue.push_front(Pending {
+                            window: Window {
+                                start: mid,
+                                end: w.end,
+                            },
+                            attempts: 0,
                         });
-                        queue.push_front(Window {
-                            start: w.start,
-                            end: mid,
+                        queue.push_front(Pending {
+                            window: Window {
+                                start: w.start,
+                                end: mid,
+                            },
+                            attempts: 0,
                         });
                     } else {
-                        tracing::warn!(stream = self.stream.name, window = %w, error = %error, "window failed; retrying it");
-                        queue.push_front(w);
+                        tracing::warn!(stream = self.stream.name, window = %w, attempts, error = %error, "window failed; retrying it");
+                        queue.push_front(Pending {
+                            window: w,
+                            attempts,
+                        });
                     }
                 }
             }
         }
-        Ok(files)
+        Ok(out)
     }
 
     /// Incremental units; `deduped`: in the bucketed layout of `incremental-deduped`
@@ -153,14 +305,14 @@ impl StreamCtx<'_> {
             tracing::info!(stream = self.stream.name, window = %w, "retrying a quarantined window");
         }
         let policy = self.opts().window.clone();
-        let mut days = policy.initial_days.max(1);
+        let mut days_next = policy.initial_days.max(1);
         let mut next = plan.start;
         let mut queued: VecDeque<(Window, bool)> =
             plan.retries.iter().map(|w| (*w, true)).collect();
         loop {
             let (unit, retry) = match queued.pop_front() {
                 Some(u) => u,
-                None => match plan.unit(next, days) {
+                None => match plan.unit(next, days_next) {
                     Some(w) => (w, false),
                     None => break,
                 },
@@ -171,107 +323,137 @@ impl StreamCtx<'_> {
             if !retry {
                 next = unit.end;
             }
-            match self
+            let UnitFetch {
+                files,
+                done,
+                failure,
+                cut,
+                longest_ok,
+            } = match self
                 .fetch_unit(&fetcher, unit, &dir, bucketing.as_ref(), p)
                 .await
             {
-                Ok(files) => {
-                    let rows: u64 = files.iter().map(|f| f.rows).sum();
-                    let (files, touched) = match &bucketing {
-                        Some(b) => {
-                            let live = self.state().await.map(|s| s.files).unwrap_or_default();
-                            let live: Vec<_> = live.into_iter().filter(is_bucket_file).collect();
-                            let merged = self.merge_buckets(b, files, &live).await?;
-                            (merged.files, merged.touched)
-                        }
-                        None => (files, Default::default()),
+                Ok(f) => f,
+                Err(error) => return Err(error.to_string()),
+            };
+            let fetched_rows: u64 = files.iter().map(|f| f.rows).sum();
+            // What commits: the unit, or the prefix fetched before a window was given up. A
+            // commit replaces whole date partitions, so in the dated layout the prefix ends
+            // at a day's start and the files of its last, partly read day go; the deduped
+            // layout merges by key and keeps every row read.
+            let mut end = match (&failure, deduped) {
+                (None, _) => unit.end,
+                (Some(_), true) => done,
+                (Some(_), false) => floor_day(done).max(unit.start),
+            };
+            let (mut files, partial): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+                deduped || partition_day(&f.partition).is_some_and(|d| d * MICROS_PER_DAY < end)
+            });
+            self.run.delete_files(&partial).await;
+            let mut rest = failure.map(|UnitFailure { error, attempts }| {
+                (
+                    Window {
+                        start: end,
+                        end: unit.end,
+                    },
+                    error.to_string(),
+                    attempts,
+                )
+            });
+            // A user's row moves to the day of their latest update, so the users live in
+            // the days replaced are all read again only by a read that reaches the run's
+            // end; a shorter one may rightly hold fewer and is not guarded.
+            let guarded = self.stream.is_event() || end == plan.end;
+            if !deduped && guarded && end > unit.start {
+                let live = self.state().await.map(|s| s.files).unwrap_or_default();
+                let days = day_of(unit.start)..=day_of(end - 1);
+                let ratio = self.opts().min_replace_ratio;
+                if let Err(short) =
+                    guard_replace(&files, &live, days, ratio, self.stream.is_event())
+                {
+                    self.run.delete_files(&files).await;
+                    files.clear();
+                    let error = match rest {
+                        Some((_, e, _)) => format!("{short}; after it: {e}"),
+                        None => short.to_string(),
                     };
-                    self.count(&files, p);
-                    let first_day = day_of(unit.start);
-                    let last_day = day_of(unit.end - 1);
-                    let new_files = self.live(files);
-                    let buckets = bucketing.as_ref().map(|b| b.buckets);
-                    let cursor = self
-                        .run
-                        .commit(self.stream, |s| {
-                            let mut retired = switch_layout(s, self.stream.name, mode);
-                            s.buckets = buckets;
-                            let (old, keep): (Vec<_>, Vec<_>) =
-                                std::mem::take(&mut s.files).into_iter().partition(|f| {
-                                    if deduped {
-                                        !is_bucket_file(f) || touched.contains(&f.file.partition)
-                                    } else {
-                                        is_bucket_file(f)
-                                            || partition_day(&f.file.partition)
-                                                .is_some_and(|d| d >= first_day && d <= last_day)
-                                    }
-                                });
-                            s.files = keep;
-                            s.files.extend(new_files);
-                            if !retry {
-                                s.cursor = Some(to_time(
-                                    s.cursor
-                                        .map_or(unit.end, |c| c.timestamp_micros().max(unit.end)),
-                                ));
-                            }
-                            s.quarantine = subtract(std::mem::take(&mut s.quarantine), unit);
-                            retired.extend(old.into_iter().map(|f| f.file.path));
-                            retired
-                        })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    p.report.commits += 1;
-                    p.report.cursor = cursor;
-                    let span_days =
-                        ((unit.end - unit.start) as f64 / MICROS_PER_DAY as f64).max(1.0 / 24.0);
-                    let per_day = rows as f64 / span_days;
-                    days = if per_day < 1.0 {
-                        (days * 4).min(policy.max_days)
-                    } else {
-                        ((policy.target_rows as f64 / per_day) as i64).clamp(1, policy.max_days)
-                    };
-                }
-                Err(UnitFailure { error, attempts }) => {
-                    if error.is_fatal() {
-                        return Err(error.to_string());
-                    }
-                    tracing::error!(stream = self.stream.name, window = %unit, attempts, error = %error, "window quarantined");
-                    let q = Quarantined {
-                        key: None,
-                        start: to_time(unit.start),
-                        end: to_time(unit.end),
-                        error: error.to_string(),
-                        attempts,
-                        since_run: self.run.run_id.clone(),
-                    };
-                    p.report.quarantined.push(QuarantineReport {
-                        key: None,
-                        start: q.start,
-                        end: q.end,
-                        error: q.error.clone(),
-                    });
-                    let cursor = self
-                        .run
-                        .commit(self.stream, |s| {
-                            let retired = switch_layout(s, self.stream.name, mode);
-                            let mut kept = subtract(std::mem::take(&mut s.quarantine), unit);
-                            kept.push(q);
-                            kept.sort_by_key(|q| q.start);
-                            s.quarantine = kept;
-                            if !retry {
-                                s.cursor = Some(to_time(
-                                    s.cursor
-                                        .map_or(unit.end, |c| c.timestamp_micros().max(unit.end)),
-                                ));
-                            }
-                            retired
-                        })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    p.report.commits += 1;
-                    p.report.cursor = cursor;
+                    rest = Some((unit, error, 1));
+                    end = unit.start;
                 }
             }
+            let committed = end > unit.start;
+            let (files, touched) = match &bucketing {
+                Some(b) if committed => {
+                    let live = self.state().await.map(|s| s.files).unwrap_or_default();
+                    let live: Vec<_> = live.into_iter().filter(is_bucket_file).collect();
+                    let merged = self.merge_buckets(b, files, &live).await?;
+                    (merged.files, merged.touched)
+                }
+                _ => (files, Default::default()),
+            };
+            self.count(&files, p);
+            let new_files = self.live(files);
+            let days = day_of(unit.start)..=day_of(end - 1);
+            let buckets = bucketing.as_ref().map(|b| b.buckets);
+            let quarantined = rest.map(|(window, error, attempts)| {
+                tracing::error!(stream = self.stream.name, window = %window, attempts, error = %error, "window quarantined");
+                p.report.quarantined.push(QuarantineReport {
+                    key: None,
+                    start: to_time(window.start),
+                    end: to_time(window.end),
+                    error: error.clone(),
+                });
+                Quarantined {
+                    key: None,
+                    start: to_time(window.start),
+                    end: to_time(window.end),
+                    error,
+                    attempts,
+                    since_run: self.run.run_id.clone(),
+                }
+            });
+            let cursor = self
+                .run
+                .commit(self.stream, |s| {
+                    let mut retired = switch_layout(s, self.stream.name, mode);
+                    let mut old = Vec::new();
+                    if committed {
+                        s.buckets = buckets;
+                        let keep;
+                        (old, keep) = std::mem::take(&mut s.files).into_iter().partition(|f| {
+                            if deduped {
+                                !is_bucket_file(f) || touched.contains(&f.file.partition)
+                            } else {
+                                is_bucket_file(f) || in_days(f, &days)
+                            }
+                        });
+                        s.files = keep;
+                        s.files.extend(new_files);
+                    }
+                    if !retry {
+                        s.cursor = Some(to_time(
+                            s.cursor
+                                .map_or(unit.end, |c| c.timestamp_micros().max(unit.end)),
+                        ));
+                    }
+                    let mut kept = subtract(std::mem::take(&mut s.quarantine), unit);
+                    kept.extend(quarantined);
+                    kept.sort_by_key(|q| q.start);
+                    s.quarantine = kept;
+                    retired.extend(old.into_iter().map(|f| f.file.path));
+                    retired
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            p.report.commits += 1;
+            p.report.cursor = cursor;
+            days_next = next_unit_days(
+                &policy,
+                days_next,
+                fetched_rows,
+                done - unit.start,
+                cut.then_some(longest_ok),
+            );
         }
         Ok(())
     }
@@ -296,15 +478,52 @@ impl StreamCtx<'_> {
                 self.run.delete_files(&all).await;
                 return Ok(());
             }
-            match self.fetch_unit(&fetcher, unit, &dir, None, p).await {
-                Ok(files) => all.extend(files),
-                Err(UnitFailure { error, .. }) => {
-                    self.run.delete_files(&all).await;
-                    return Err(format!("window {unit}: {error}; nothing was committed"));
+            let error = match self.fetch_unit(&fetcher, unit, &dir, None, p).await {
+                Ok(UnitFetch {
+                    files,
+                    failure: None,
+                    ..
+                }) => {
+                    all.extend(files);
+                    continue;
                 }
-            }
+                Ok(UnitFetch {
+                    files,
+                    failure: Some(UnitFailure { error, .. }),
+                    ..
+                }) => {
+                    self.run.delete_files(&files).await;
+                    error
+                }
+                Err(error) => error,
+            };
+            self.run.delete_files(&all).await;
+            return Err(format!("window {unit}: {error}; nothing was committed"));
         }
         self.commit_refresh(mode, all, to_time(end), p).await
+    }
+}
+
+/// The next unit's size in days after one of `days` that read `rows` rows over `span` µs
+/// (less than the unit when it gave up): about `target_rows` rows, four times longer after
+/// one with under a row a day. After a cut-off or timeout (`cut`: the longest window that
+/// came back whole, µs) it is no longer than that window in whole days, so the next unit is
+/// not split all over again.
+fn next_unit_days(policy: &WindowPolicy, days: i64, rows: u64, span: i64, cut: Option<i64>) -> i64 {
+    let sized = if span <= 0 {
+        days
+    } else {
+        let span_days = (span as f64 / MICROS_PER_DAY as f64).max(1.0 / 24.0);
+        let per_day = rows as f64 / span_days;
+        if per_day < 1.0 {
+            (days * 4).min(policy.max_days)
+        } else {
+            ((policy.target_rows as f64 / per_day) as i64).clamp(1, policy.max_days)
+        }
+    };
+    match cut {
+        Some(longest) => sized.min((longest / MICROS_PER_DAY).max(1)),
+        None => sized,
     }
 }
 
@@ -347,6 +566,97 @@ mod tests {
             attempts: 1,
             since_run: "r".into(),
         }
+    }
+
+    const DAY: i64 = MICROS_PER_DAY;
+
+    fn written(day: i64, rows: u64) -> WrittenFile {
+        WrittenFile {
+            path: format!("s/{}/part-r-{rows}.parquet", date_partition(day)),
+            partition: date_partition(day),
+            rows,
+            bytes: 1,
+            min_cursor: None,
+            max_cursor: None,
+        }
+    }
+
+    fn live_file(day: i64, rows: u64) -> LiveFile {
+        LiveFile {
+            file: written(day, rows),
+            run: "r".into(),
+        }
+    }
+
+    #[test]
+    fn the_replace_guard_compares_each_partition_with_its_live_rows() {
+        let live = vec![
+            live_file(10, 60),
+            live_file(10, 40),
+            live_file(11, 100),
+            live_file(12, 100),
+        ];
+        // Day 12 is not replaced; day 11 is short, day 10 has half of its 100 rows.
+        let read = vec![written(10, 50), written(11, 30), written(13, 500)];
+        let err = guard_replace(&read, &live, 10..=11, 0.5, true).unwrap_err();
+        assert_eq!(
+            (
+                err.partition.as_str(),
+                err.read,
+                err.live,
+                err.more.as_str()
+            ),
+            ("date=1970-01-12", 30, 100, "")
+        );
+        assert!(err.to_string().contains("--min-replace-ratio 0.5"), "{err}");
+        assert!(guard_replace(&read, &live, 10..=10, 0.5, true).is_ok());
+        assert!(guard_replace(&read, &live, 10..=11, 0.3, true).is_ok());
+        assert!(
+            guard_replace(&[], &live, 10..=11, 0.0, true).is_ok(),
+            "0: no guard"
+        );
+        let err = guard_replace(&[], &live, 10..=12, 0.5, true).unwrap_err();
+        assert_eq!(err.more, ", and 2 more partitions");
+        // Nothing live (a first read), or a small day: nothing to guard.
+        assert!(guard_replace(&[], &[], 10..=12, 0.5, true).is_ok());
+        let small = vec![live_file(10, GUARDED_PARTITION_ROWS - 1)];
+        assert!(guard_replace(&[], &small, 10..=10, 0.5, true).is_ok());
+        // Bucket files of the other layout are retired, not compared.
+        let mut bucket = live_file(10, 100);
+        bucket.file.partition = "bucket=01".into();
+        assert!(guard_replace(&[], &[bucket], 10..=10, 0.5, true).is_ok());
+        // Users: rows that moved to a later day count for the days they left.
+        let moved = vec![written(10, 20), written(11, 20), written(13, 160)];
+        assert!(guard_replace(&moved, &live, 10..=11, 0.5, false).is_ok());
+        let err = guard_replace(&moved[..2], &live, 10..=11, 0.5, false).unwrap_err();
+        assert_eq!(
+            (err.partition.as_str(), err.read, err.live),
+            ("date=1970-01-11 to date=1970-01-12", 40, 200)
+        );
+    }
+
+    #[test]
+    fn units_shrink_after_a_cut_off() {
+        let policy = WindowPolicy::default();
+        let rows_per_day = 100_000;
+        // Sized from the rows per day: 2,000,000 / 100,000.
+        assert_eq!(
+            next_unit_days(&policy, 7, 7 * rows_per_day, 7 * DAY, None),
+            20
+        );
+        // Cut off: no longer than the longest whole window, at least a day.
+        assert_eq!(
+            next_unit_days(&policy, 7, 7 * rows_per_day, 7 * DAY, Some(2 * DAY + 5)),
+            2
+        );
+        assert_eq!(
+            next_unit_days(&policy, 7, 7 * rows_per_day, 7 * DAY, Some(DAY / 8)),
+            1
+        );
+        // Given up before any window came back: a day.
+        assert_eq!(next_unit_days(&policy, 7, 0, 0, Some(0)), 1);
+        assert_eq!(next_unit_days(&policy, 7, 0, 0, None), 7);
+        assert_eq!(next_unit_days(&policy, 7, 0, 7 * DAY, None), 28);
     }
 
     #[test]

@@ -5,28 +5,44 @@
 //! fetched into staging files `_staging/<run>/<stream>/bucket=NN/…`, split by the bucket of
 //! each row's key ([`bucket`](crate::sink::bucket)). Then every bucket the unit touched is
 //! rewritten: its live files and the staged rows are read back (Parquet over `object_store`,
-//! one bucket in memory at a time), the latest row of each key is kept (ties: the newer
-//! run's row, then the later fetched), and written as the bucket's new file. The unit commits
-//! the new files and retires the touched buckets' old ones in one manifest commit; untouched
-//! buckets keep their files. So a run reads and writes what changed plus the buckets it
-//! falls in, never the whole table. Rows without any key value cannot be deduplicated and
-//! are kept as they come, in bucket 0.
+//! a row group at a time), the latest row of each key is kept (ties: the newer run's row,
+//! then the later fetched) by a merge whose memory is `SyncOptions::dedupe_memory` whatever
+//! the bucket's size (sorted runs beyond it go to temporary files, [`merge`]), and written
+//! as the bucket's new file, in key order. The unit commits the new files and retires the
+//! touched buckets' old ones in one manifest commit; untouched buckets keep their files. So
+//! a run reads and writes what changed plus the buckets it falls in, never the whole table.
+//! Rows without any key value cannot be deduplicated and are kept as they come, in bucket 0.
+//!
+//! A key can change: a user known by userId only (`userId:…`) who gains an email is keyed
+//! `email:…` from then on, in another bucket. A staged row keyed by an email that carries a
+//! userId therefore retires the `userId:…` row of that user if it is not later, in whatever
+//! bucket it lies; such a bucket is rewritten too, found by its files' statistics (only rows
+//! without an email can be keyed by userId) and then a read of its key columns. An email
+//! that changes is not linked to the old one (the export does not say an email is gone), so
+//! the old email's row stays.
+//!
+//! [`merge`]: crate::sink::merge
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use arrow::array::{Array, ArrayRef, AsArray, UInt32Array, new_null_array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::array::{Array, ArrayRef, AsArray, new_null_array};
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
 
 use super::StreamCtx;
 use crate::manifest::LiveFile;
-use crate::sink::bucket::row_keys;
-use crate::sink::{PartitionedWriter, Partitioning, WriterLimits, WrittenFile, spawn_encoding};
+use crate::sink::bucket::{bucket_of, bucket_partition, replaced_keys, row_keys};
+use crate::sink::merge::KeyedMerge;
+use crate::sink::store::LakeFileReader;
+use crate::sink::{
+    LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, spawn_encoding,
+};
 
 /// The folder under the lake's root where deduped runs stage fetched rows.
 pub const STAGING_DIR: &str = "_staging";
@@ -90,40 +106,58 @@ impl StreamCtx<'_> {
     }
 
     /// Rewrite each bucket `staged` touches from its `live` files and the staged rows, then
-    /// delete the staged files.
+    /// delete the staged files. A bucket whose live files hold a key that a staged row
+    /// replaces ([`replaced_keys`]) is rewritten too, without that key.
     pub(super) async fn merge_buckets(
         &self,
         b: &Bucketing,
         staged: Vec<WrittenFile>,
         live: &[LiveFile],
     ) -> Result<Merged, String> {
-        let mut by_bucket: BTreeMap<String, Vec<&WrittenFile>> = BTreeMap::new();
-        for f in &staged {
-            by_bucket.entry(f.partition.clone()).or_default().push(f);
-        }
         let mut merged = Merged {
             files: Vec::new(),
             touched: BTreeSet::new(),
         };
         let result = async {
+            let mut by_bucket: BTreeMap<String, Vec<&WrittenFile>> = BTreeMap::new();
+            for f in &staged {
+                by_bucket.entry(f.partition.clone()).or_default().push(f);
+            }
+            let mut retire = self.replaced(b, &staged).await?;
+            for (partition, keys) in &retire {
+                if by_bucket.contains_key(partition) {
+                    continue;
+                }
+                for f in live.iter().filter(|f| &f.file.partition == partition) {
+                    if self.holds_any(b, &f.file, keys).await? {
+                        by_bucket.entry(partition.clone()).or_default();
+                        break;
+                    }
+                }
+            }
             for (partition, mut new) in by_bucket {
                 new.sort_by(|x, y| x.path.cmp(&y.path));
-                let mut inputs: Vec<&WrittenFile> = live
+                let mut inputs: Vec<WrittenFile> = live
                     .iter()
                     .filter(|f| f.file.partition == partition)
-                    .map(|f| &f.file)
+                    .map(|f| f.file.clone())
                     .collect();
-                inputs.extend(new);
-                let batches = self.read_all(&inputs).await?;
+                inputs.extend(new.into_iter().cloned());
                 let writer = self.writer(
                     self.stream.name,
                     Partitioning::Fixed(partition.clone()),
                     Some(self.cursor_column()),
                 );
+                let merge = KeyedMerge::new(
+                    self.schema.arrow.clone(),
+                    b.key.clone(),
+                    self.cursor_column(),
+                    self.opts().dedupe_memory,
+                    retire.remove(&partition).unwrap_or_default(),
+                );
+                let lake = self.run.lake.clone();
                 // Deduplicating a bucket is CPU work too.
-                let (schema, key) = (self.schema.arrow.clone(), b.key.clone());
-                let cursor = self.cursor_column();
-                let files = spawn_encoding(move || rewrite(writer, schema, key, cursor, batches))
+                let files = spawn_encoding(move || rewrite(lake, inputs, merge, writer))
                     .await
                     .map_err(|e| format!("a rewriting task stopped: {e}"))?
                     .map_err(|e| format!("rewriting {partition}: {e}"))?;
@@ -143,34 +177,98 @@ impl StreamCtx<'_> {
         }
     }
 
-    /// The batches of `inputs` in order, each with the stream's schema and its input's index.
-    async fn read_all(&self, inputs: &[&WrittenFile]) -> Result<Vec<(usize, RecordBatch)>, String> {
-        let mut batches = Vec::new();
-        for (i, f) in inputs.iter().enumerate() {
-            for batch in self.read(f).await? {
-                let batch =
-                    conform(&batch, &self.schema.arrow).map_err(|e| format!("{}: {e}", f.path))?;
-                batches.push((i, batch));
+    /// The keys `staged` rows replace ([`replaced_keys`]), each with the latest cursor of
+    /// the rows replacing it, by the bucket the key falls in.
+    async fn replaced(
+        &self,
+        b: &Bucketing,
+        staged: &[WrittenFile],
+    ) -> Result<BTreeMap<String, HashMap<String, i64>>, String> {
+        let mut out: BTreeMap<String, HashMap<String, i64>> = BTreeMap::new();
+        if b.key.len() < 2 {
+            return Ok(out);
+        }
+        let mut columns = self.key_names(b);
+        columns.push(self.stream.cursor_field);
+        for f in staged {
+            let mut batches = open(&self.run.lake, f, Some(&columns)).await?;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .map_err(|e| format!("reading {}: {e}", f.path))?
+            {
+                let key = positions(&batch, &columns[..columns.len() - 1]);
+                let cursor = batch
+                    .column_by_name(self.stream.cursor_field)
+                    .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
+                for (row, keys) in replaced_keys(&batch, &key).into_iter().enumerate() {
+                    let at = match &cursor {
+                        Some(c) if c.is_valid(row) => c.value(row),
+                        _ => i64::MIN,
+                    };
+                    for k in keys {
+                        let bucket = bucket_of(Some(&k), b.buckets);
+                        let until = out
+                            .entry(bucket_partition(bucket, b.buckets))
+                            .or_default()
+                            .entry(k)
+                            .or_insert(at);
+                        *until = (*until).max(at);
+                    }
+                }
             }
         }
-        Ok(batches)
+        Ok(out)
     }
 
-    async fn read(&self, f: &WrittenFile) -> Result<Vec<RecordBatch>, String> {
-        let lake = &self.run.lake;
-        let path = f.path.clone();
-        let bytes = async { lake.store.get(&lake.path(&path)).await?.bytes().await }
+    /// Whether the live file `f` may hold one of `keys`. Only rows whose first key column
+    /// is null can be keyed by a later column, so a file whose statistics say it has none is
+    /// not read.
+    async fn holds_any(
+        &self,
+        b: &Bucketing,
+        f: &WrittenFile,
+        keys: &HashMap<String, i64>,
+    ) -> Result<bool, String> {
+        let columns = self.key_names(b);
+        let reader = self.run.lake.parquet_reader(&f.path, f.bytes);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| format!("reading {path}: {e}"))?;
-        tokio::task::spawn_blocking(move || {
-            ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|b| b.build())
-                .map_err(ArrowError::from)
-                .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("reading {path}: {e}"))
-        })
-        .await
-        .map_err(|e| format!("a decoding task stopped: {e}"))?
+            .map_err(|e| format!("reading {}: {e}", f.path))?;
+        let first = columns[0];
+        let no_nulls = builder.metadata().row_groups().iter().all(|rg| {
+            rg.columns().iter().any(|c| {
+                c.column_path().string() == first
+                    && c.statistics().and_then(|s| s.null_count_opt()) == Some(0)
+            })
+        });
+        if no_nulls {
+            return Ok(false);
+        }
+        let mut batches =
+            project(builder, &columns).map_err(|e| format!("reading {}: {e}", f.path))?;
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .map_err(|e| format!("reading {}: {e}", f.path))?
+        {
+            let key = positions(&batch, &columns);
+            if row_keys(&batch, &key)
+                .iter()
+                .flatten()
+                .any(|k| keys.contains_key(k))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn key_names(&self, b: &Bucketing) -> Vec<&str> {
+        b.key
+            .iter()
+            .map(|&c| self.schema.arrow.field(c).name().as_str())
+            .collect()
     }
 
     /// Delete the staging folders other runs left (crashed ones: the run holds the lake's
@@ -195,65 +293,93 @@ impl StreamCtx<'_> {
     }
 }
 
-/// Write the rows of `batches` one per key into `writer`, and finish it.
+/// Merge `inputs` (oldest first) into `writer` through `merge`, and finish it.
 async fn rewrite(
+    lake: LakeStore,
+    inputs: Vec<WrittenFile>,
+    mut merge: KeyedMerge,
     mut writer: PartitionedWriter,
-    schema: SchemaRef,
-    key: Vec<usize>,
-    cursor: usize,
-    batches: Vec<(usize, RecordBatch)>,
 ) -> Result<Vec<WrittenFile>, String> {
-    let batch = latest_per_key(&schema, &key, cursor, batches)?;
-    if let Err(e) = writer.write(batch).await {
-        writer.abort().await;
-        return Err(e.to_string());
-    }
-    writer.finish().await.map_err(|e| e.to_string())
-}
-
-/// The rows of `batches` (each with its input's index, oldest input first), one per key: the
-/// latest by `cursor`, ties won by the later input.
-fn latest_per_key(
-    schema: &SchemaRef,
-    key: &[usize],
-    cursor: usize,
-    batches: Vec<(usize, RecordBatch)>,
-) -> Result<RecordBatch, String> {
-    let mut rank = Vec::new();
-    for (i, batch) in &batches {
-        rank.extend(std::iter::repeat_n(*i, batch.num_rows()));
-    }
-    let batches: Vec<RecordBatch> = batches.into_iter().map(|(_, b)| b).collect();
-    let all = concat_batches(schema, &batches).map_err(|e| e.to_string())?;
-    drop(batches);
-    let keys = row_keys(&all, key);
-    let cursor = all
-        .column(cursor)
-        .as_primitive::<TimestampMicrosecondType>();
-    let order = |row: usize| {
-        let at = if cursor.is_valid(row) {
-            cursor.value(row)
-        } else {
-            i64::MIN
-        };
-        (at, rank[row], row)
-    };
-    let mut best: HashMap<&str, usize> = HashMap::new();
-    let mut keep = Vec::new();
-    for (row, key) in keys.iter().enumerate() {
-        match key {
-            Some(k) => {
-                let slot = best.entry(k.as_str()).or_insert(row);
-                if order(row) > order(*slot) {
-                    *slot = row;
+    let result = async {
+        let schema = merge.schema().clone();
+        for f in &inputs {
+            let mut batches = open(&lake, f, None).await?;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .map_err(|e| format!("reading {}: {e}", f.path))?
+            {
+                let batch = conform(&batch, &schema).map_err(|e| format!("{}: {e}", f.path))?;
+                if let Some(rows) = merge.push(&batch).map_err(|e| e.to_string())? {
+                    writer.write(rows).await.map_err(|e| e.to_string())?;
                 }
             }
-            None => keep.push(row as u32),
+        }
+        let runs = merge.spilled_runs();
+        if runs > 0 {
+            let partition = inputs.first().map_or("", |f| f.partition.as_str());
+            tracing::info!(
+                partition,
+                runs,
+                "the bucket is larger than the merge's memory: merged through temporary files"
+            );
+        }
+        for batch in merge.finish().map_err(|e| e.to_string())? {
+            let batch = batch.map_err(|e| e.to_string())?;
+            writer.write(batch).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => writer.finish().await.map_err(|e| e.to_string()),
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
         }
     }
-    keep.extend(best.into_values().map(|r| r as u32));
-    keep.sort_unstable();
-    take_record_batch(&all, &UInt32Array::from(keep)).map_err(|e| e.to_string())
+}
+
+/// The batches of the lake's file `f`, read a row group at a time, with only `columns`
+/// when given.
+async fn open(
+    lake: &LakeStore,
+    f: &WrittenFile,
+    columns: Option<&[&str]>,
+) -> Result<ParquetRecordBatchStream<LakeFileReader>, String> {
+    let builder = ParquetRecordBatchStreamBuilder::new(lake.parquet_reader(&f.path, f.bytes))
+        .await
+        .map_err(|e| format!("reading {}: {e}", f.path))?;
+    let result = match columns {
+        Some(columns) => project(builder, columns),
+        None => builder.build(),
+    };
+    result.map_err(|e| format!("reading {}: {e}", f.path))
+}
+
+/// The builder's stream of only `columns` (those the file has), in the file's order.
+fn project(
+    builder: ParquetRecordBatchStreamBuilder<LakeFileReader>,
+    columns: &[&str],
+) -> Result<ParquetRecordBatchStream<LakeFileReader>, ParquetError> {
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    builder.with_projection(mask).build()
+}
+
+/// The positions in `batch` of the `columns` it has, in their order.
+fn positions(batch: &RecordBatch, columns: &[&str]) -> Vec<usize> {
+    columns
+        .iter()
+        .filter_map(|c| batch.schema().index_of(c).ok())
+        .collect()
 }
 
 /// `batch` with `schema`'s columns: files of an older schema version lack the custom

@@ -17,11 +17,15 @@
 //!   each event belongs to one user. Users who join a list behind the checkpoint during a pass
 //!   are read by the next pass.
 //!
-//! A list whose members cannot be read is reported as quarantined (`list_id=N`), and members
-//! in no other list are missed by that pass. A batch cut off or timed out is retried up to
-//! `max_attempts` times; any other error fails the stream, keeping the batches committed
-//! before it. Other modes than full-refresh-overwrite are not offered: each pass is a whole
-//! new snapshot.
+//! A pass runs only from a whole member set. A list whose members cannot be read is reported
+//! as quarantined (`list_id=N`) and the run commits nothing to `events`: a pass does not start
+//! (the previous one stays live, its members' events with it), and a pass in progress neither
+//! continues nor completes (what it committed stays; the next run continues after its
+//! checkpoint once every list reads). No member at all (every list empty) fails the stream,
+//! also committing nothing: an outage must not look like a project without users. A batch cut
+//! off or timed out is retried up to `max_attempts` times; any other error fails the stream,
+//! keeping the batches committed before it. Other modes than full-refresh-overwrite are not
+//! offered: each pass is a whole new snapshot.
 
 use std::ops::Bound;
 
@@ -46,13 +50,24 @@ impl StreamCtx<'_> {
             .map_err(|e| format!("reading list members: {e}; nothing was committed"))?;
         let now = self.opts().now;
         for (id, error) in &members.failed_lists {
-            tracing::error!(stream = self.stream.name, list = id, error = %error, "list members unreadable; members in no other list are missed by this pass");
+            tracing::error!(stream = self.stream.name, list = id, error = %error, "list members unreadable; the pass waits until every list reads, and the events already committed stay live");
             p.report.quarantined.push(QuarantineReport {
                 key: Some(format!("list_id={id}")),
                 start: now,
                 end: now,
-                error: error.to_string(),
+                error: format!(
+                    "{error}; nothing was committed to events (a pass needs every list's members)"
+                ),
             });
+        }
+        if !members.failed_lists.is_empty() {
+            return Ok(());
+        }
+        if members.users.is_empty() {
+            return Err(
+                "no list has any member; nothing was committed and the events already committed stay live"
+                    .to_string(),
+            );
         }
         let lower = match &resume {
             Some(after) => Bound::Excluded(after.clone()),

@@ -95,7 +95,8 @@ pub struct WindowPolicy {
     pub max_days: i64,
     /// Units are sized to hold about this many records.
     pub target_rows: u64,
-    /// Fetch attempts per unit (its windows' failures added up) before it is quarantined.
+    /// Fetch attempts per window (a split window's halves count their own) before the
+    /// rest of its unit is quarantined.
     pub max_attempts: u32,
     /// Windows are not split below this many seconds.
     pub min_window_secs: i64,
@@ -125,6 +126,9 @@ pub struct SyncOptions {
     pub lag: Duration,
     /// Days before the cursor's day that incremental runs read again (late events).
     pub lookback_days: i64,
+    /// A re-read holding under this share of the rows a date partition holds live is not
+    /// committed (quarantined instead); 0 turns the guard off.
+    pub min_replace_ratio: f64,
     /// Streams synced at once.
     pub concurrency: usize,
     pub window: WindowPolicy,
@@ -132,6 +136,9 @@ pub struct SyncOptions {
     pub now: DateTime<Utc>,
     /// Buckets of a stream's first `incremental-deduped` sync (then fixed in the manifest).
     pub dedupe_buckets: u32,
+    /// The memory (bytes) a deduped bucket's merge holds rows in; beyond it, sorted runs
+    /// go to temporary files.
+    pub dedupe_memory: usize,
     /// `events`: users read between two commits (checkpoints).
     pub events_batch_users: usize,
     /// `events`: a run stops after about this many users (whole batches) and the next run
@@ -156,11 +163,13 @@ impl SyncOptions {
             end: None,
             lag: Duration::minutes(10),
             lookback_days: 1,
+            min_replace_ratio: 0.5,
             concurrency: 4,
             window: WindowPolicy::default(),
             limits: WriterLimits::default(),
             now: Utc::now(),
             dedupe_buckets: 32,
+            dedupe_memory: 256 * 1024 * 1024,
             events_batch_users: 1000,
             events_max_users: None,
             cancel: CancellationToken::new(),

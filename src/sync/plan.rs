@@ -31,7 +31,8 @@ pub struct Incremental {
     /// days, or of `--start-date` for a stream with no cursor.
     pub start: i64,
     pub end: i64,
-    /// Quarantined windows before `start`, retried first (the sweep covers the others).
+    /// Quarantined windows the sweep does not cover, retried first: their parts before
+    /// `start`, or, when there is no sweep, their parts before `end`.
     pub retries: Vec<Window>,
     /// Whether there is new data to read: the cursor is before `end` and `start < end`.
     pub sweep: bool,
@@ -64,12 +65,16 @@ pub fn incremental(
         (None, Some(s)) => floor_day(s),
         (None, None) => return Err(PlanError::NoCursor),
     };
+    let sweep = cursor.is_none_or(|c| c < end) && start < end;
+    let covered = if sweep { start } else { end };
     let retries = quarantined
         .iter()
-        .copied()
-        .filter(|w| w.end <= start)
+        .map(|w| Window {
+            start: w.start,
+            end: w.end.min(covered),
+        })
+        .filter(|w| w.start < w.end)
         .collect();
-    let sweep = cursor.is_none_or(|c| c < end) && start < end;
     Ok(Incremental {
         cursor,
         start,
@@ -292,6 +297,36 @@ mod tests {
         };
         let p = incremental(Some(end), None, end, 1, &[q]).unwrap();
         assert!(!p.up_to_date() && !p.sweep);
+        let recent = Window {
+            start: t("2024-01-03T00:00:00Z"),
+            end,
+        };
+        let p = incremental(Some(end), None, end, 1, &[recent]).unwrap();
+        assert_eq!(p.retries, [recent], "no sweep reads it");
+    }
+
+    #[test]
+    fn a_quarantined_window_across_the_sweep_start_is_retried_up_to_it() {
+        let q = Window {
+            start: t("2024-01-01T00:00:00Z"),
+            end: t("2024-01-04T00:00:00Z"),
+        };
+        let p = incremental(
+            Some(t("2024-01-04T00:00:00Z")),
+            None,
+            t("2024-01-05T00:00:00Z"),
+            1,
+            &[q],
+        )
+        .unwrap();
+        assert_eq!(p.start, t("2024-01-03T00:00:00Z"));
+        assert_eq!(
+            p.retries,
+            [Window {
+                start: q.start,
+                end: p.start
+            }]
+        );
     }
 
     #[test]

@@ -163,10 +163,17 @@ fn parse(line: &str) -> Value {
     v
 }
 
-/// A timestamp in any of the shapes the export writes.
-fn stamp(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f %:z"))
+/// A timestamp in any of the shapes the export writes: epoch milliseconds, or text (a
+/// doubled fraction's second part is always `.000`).
+fn stamp(v: &Value) -> DateTime<Utc> {
+    if let Some(ms) = v.as_i64() {
+        return DateTime::from_timestamp_millis(ms).unwrap();
+    }
+    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
+    let s = s.replace("000.000Z", "000Z");
+    DateTime::parse_from_rfc3339(&s)
+        .or_else(|_| DateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f %:z"))
+        .or_else(|_| DateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f %z"))
         .unwrap_or_else(|e| panic!("{e}: {s}"))
         .to_utc()
 }
@@ -181,11 +188,7 @@ fn cursor_field(data_type: &str) -> &'static str {
 
 fn cursor(line: &Value, data_type: &str) -> DateTime<Utc> {
     let field = cursor_field(data_type);
-    stamp(
-        line[field]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {field}: {line}")),
-    )
+    stamp(&line[field])
 }
 
 fn counts(lines: &[String], data_type: &str) -> BTreeMap<NaiveDate, u64> {
@@ -283,7 +286,7 @@ async fn fake_export_windows_are_start_inclusive_and_end_exclusive() {
     assert_eq!(lines, api.fake.truth_lines("emailSend", day1, day2));
     let created: Vec<String> = lines
         .iter()
-        .map(|l| parse(l)["createdAt"].as_str().unwrap().to_string())
+        .filter_map(|l| parse(l)["createdAt"].as_str().map(str::to_string))
         .collect();
     assert!(
         created.contains(&midnight(day1)),
@@ -653,7 +656,11 @@ async fn fake_export_data_has_every_quirk() {
         );
     }
     assert!(users.iter().all(|u| u.get("itblInternal").is_none()));
-    assert!(users.iter().all(|u| u["profileUpdatedAt"].is_string()));
+    assert!(
+        users
+            .iter()
+            .all(|u| u["profileUpdatedAt"].is_string() || u["profileUpdatedAt"].is_i64())
+    );
     assert!(of("emailSend").all(|v| !v["itblInternal"].is_string()));
 
     let transactional: Vec<&str> = of("emailSend")
@@ -761,8 +768,8 @@ async fn fake_export_data_has_every_quirk() {
         assert!(of("emailSend").any(|v| v["createdAt"] == midnight), "{day}");
     }
     let late = of("emailOpen").any(|v| {
-        let doc = v["itblInternal"]["documentCreatedAt"].as_str();
-        doc.is_some_and(|d| stamp(d) - cursor(v, "emailOpen") >= TimeDelta::hours(1))
+        let doc = &v["itblInternal"]["documentCreatedAt"];
+        !doc.is_null() && stamp(doc) - cursor(v, "emailOpen") >= TimeDelta::hours(1)
     });
     assert!(late, "some events became visible hours late");
 }
@@ -952,6 +959,42 @@ async fn fake_export_cut_off_aborts_the_first_bodies_after_n_bytes() {
     assert!(failed);
     assert_eq!(got.len(), 10);
     assert!(!read_stream(&api, &params).await.1);
+}
+
+#[tokio::test]
+async fn fake_export_clean_cut_off_ends_the_first_bodies_properly_inside_a_line() {
+    let all = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+    let params = [("dataTypeName", "emailSend"), ("range", "All")];
+    let truth = Api::small(13)
+        .await
+        .fake
+        .truth_body("emailSend", all.0, all.1);
+    let first_line_end = truth.iter().position(|&c| c == b'\n').unwrap() + 1;
+    for (after_bytes, sent) in [(5_000, 5_000), (first_line_end, first_line_end + 1)] {
+        let mut cfg = FakeConfig::small(13);
+        cfg.faults.clean_cut_off = Some(CutOff {
+            data_type: Some("emailSend".to_string()),
+            after_bytes,
+            first_requests: 1,
+        });
+        let api = Api::start(cfg).await;
+        let (got, failed) = read_stream(&api, &params).await;
+        assert!(!failed, "the body ends properly");
+        assert_eq!(got, truth[..sent]);
+        assert_ne!(got.last(), Some(&b'\n'), "it ends inside a line");
+        assert_eq!(read_stream(&api, &params).await, (truth.clone(), false));
+    }
+}
+
+#[tokio::test]
+async fn fake_export_byte_order_mark_starts_every_body() {
+    let mut cfg = FakeConfig::small(13);
+    cfg.faults.byte_order_mark = true;
+    let api = Api::start(cfg).await;
+    let all = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+    let truth = api.fake.truth_body("emailSend", all.0, all.1);
+    let (got, _) = read_stream(&api, &[("dataTypeName", "emailSend"), ("range", "All")]).await;
+    assert_eq!(got, [b"\xEF\xBB\xBF".as_slice(), &truth].concat());
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod bin;
 mod cli;
 mod cli_lock;
 mod cli_ops;
+mod dedupe_memory;
 mod delta;
 mod export_sync;
 mod fake_export;

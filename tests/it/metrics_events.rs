@@ -14,7 +14,7 @@ use iterable_lake::convert::{Decoder, StreamSchema};
 use iterable_lake::fake::{FakeConfig, FakeIterable};
 use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::{LakeStore, day_of, partition_day};
-use iterable_lake::source::metrics::column_name;
+use iterable_lake::source::metrics::metric_column;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 
 use crate::lake::{fake_client, live_batches};
@@ -104,7 +104,7 @@ async fn metrics_vs_truth(
     .unwrap();
     let mut types = Vec::new();
     for h in &header {
-        let name = column_name(h);
+        let name = metric_column(h);
         let at = schema
             .position(&name)
             .unwrap_or_else(|| panic!("{h} is declared as {name}"));
@@ -117,11 +117,15 @@ async fn metrics_vs_truth(
     }
     let mut truth = BTreeMap::new();
     for row in &rows {
-        let cells = types
-            .iter()
-            .zip(row)
-            .map(|((name, dt), text)| (name.clone(), truth_cell(text, dt)))
-            .collect();
+        // A column several headers fill (a repeated header, `Purchases / M` of any medium)
+        // holds their one non-empty value.
+        let mut cells = BTreeMap::new();
+        for ((name, dt), text) in types.iter().zip(row) {
+            let cell: &mut String = cells.entry(name.clone()).or_default();
+            if cell.is_empty() {
+                *cell = truth_cell(text, dt);
+            }
+        }
         truth.insert(row[0].parse::<i64>().unwrap(), cells);
     }
     let mut got = BTreeMap::new();
@@ -182,6 +186,37 @@ async fn campaign_metrics_land_typed_in_few_requests() {
         requests <= ids.div_ceil(300) && requests >= ids / 420,
         "{requests} metrics requests for {ids} campaigns"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_header_lands_typed_also_from_an_older_project() {
+    for old in [false, true] {
+        let mut cfg = FakeConfig::small(31);
+        cfg.faults.old_metrics_csv = old;
+        let fake = FakeIterable::start(cfg).await.unwrap();
+        fake.set_now(NOW.parse().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+        sync(&fake, &lake, options("campaigns_metrics")).await;
+        let (got, truth) = metrics_vs_truth(&fake, &lake).await;
+        assert_eq!(got, truth);
+        let filled = |col: &str| truth.values().filter(|r| !r[col].is_empty()).count();
+        let columns = truth
+            .values()
+            .next()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>();
+        for col in &columns {
+            assert!(filled(col) > 0, "{col} has values (old CSV: {old})");
+        }
+        if old {
+            assert!(columns.contains(&"purchases_m".to_string()));
+        } else {
+            assert!(columns.contains(&"total_web_pushes_sent".to_string()));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,6 +419,121 @@ async fn a_pass_that_fails_midway_resumes_after_its_last_checkpoint() {
     assert_eq!(
         lake_event_ids(&lake).await,
         truth_event_ids(&healthy, &users)
+    );
+}
+
+/// The ids of the fake's lists.
+fn list_ids(fake: &FakeIterable) -> Vec<i64> {
+    fake.truth_lists()
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// A fake with the same data as `healthy` whose `getUsers` fails for `lists`.
+async fn failing(healthy: &FakeIterable, lists: Vec<i64>) -> FakeIterable {
+    let mut cfg = healthy.config().clone();
+    cfg.faults.failing_lists = lists;
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(NOW.parse().unwrap());
+    fake
+}
+
+/// A run whose lists (some or all) fail: `events` is quarantined, reads no user and commits
+/// nothing, so the manifest's `events` state is unchanged.
+async fn sync_commits_nothing(fake: &FakeIterable, lake: &LakeStore, opts: SyncOptions) {
+    let before = Manifest::load(lake).await.unwrap().streams["events"].clone();
+    let report = sync::run(lake.clone(), client(fake), opts).await.unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Quarantined);
+    assert_eq!(
+        s.quarantined.len(),
+        fake.config().faults.failing_lists.len()
+    );
+    assert!(
+        s.quarantined[0].error.contains("nothing was committed"),
+        "{s:?}"
+    );
+    assert_eq!(s.commits, 0);
+    assert_eq!(fake.requests("/api/export/userEvents"), 0);
+    assert_eq!(
+        Manifest::load(lake).await.unwrap().streams["events"],
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_lists_neither_start_nor_complete_a_pass() {
+    let healthy = FakeIterable::start(FakeConfig::small(35)).await.unwrap();
+    healthy.set_now(NOW.parse().unwrap());
+    let users = members(&healthy);
+    let all = truth_event_ids(&healthy, &users);
+    let lists = list_ids(&healthy);
+    assert!(lists.len() > 1, "{lists:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    sync(&healthy, &lake, options("events")).await;
+    assert_eq!(lake_event_ids(&lake).await, all);
+
+    // Every list failing, or one: the previous pass stays live, whole.
+    let outage = failing(&healthy, lists.clone()).await;
+    sync_commits_nothing(&outage, &lake, options("events")).await;
+    assert_eq!(lake_event_ids(&lake).await, all);
+    let one = failing(&healthy, vec![lists[0]]).await;
+    sync_commits_nothing(&one, &lake, options("events")).await;
+    assert_eq!(lake_event_ids(&lake).await, all);
+
+    // A pass in progress does not continue from a partial member set either, and continues
+    // after its checkpoint once every list reads.
+    let mut first = options("events");
+    first.events_batch_users = 30;
+    first.events_max_users = Some(30);
+    let started = FakeIterable::start(healthy.config().clone()).await.unwrap();
+    started.set_now(NOW.parse().unwrap());
+    sync(&started, &lake, first).await;
+    assert_eq!(
+        lake_event_ids(&lake).await,
+        truth_event_ids(&healthy, &users[..30])
+    );
+    let mut resumed = options("events");
+    resumed.events_batch_users = 30;
+    let one = failing(&healthy, vec![lists[1]]).await;
+    sync_commits_nothing(&one, &lake, resumed.clone()).await;
+    let rest = FakeIterable::start(healthy.config().clone()).await.unwrap();
+    rest.set_now(NOW.parse().unwrap());
+    sync(&rest, &lake, resumed).await;
+    assert_eq!(
+        rest.requests("/api/export/userEvents"),
+        (users.len() - 30) as u64
+    );
+    assert_eq!(lake_event_ids(&lake).await, all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_without_members_fail_events_and_commit_nothing() {
+    let mut cfg = FakeConfig::small(36);
+    cfg.users = 0;
+    let empty = FakeIterable::start(cfg).await.unwrap();
+    empty.set_now(NOW.parse().unwrap());
+    assert!(members(&empty).is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let report = sync::run(lake.clone(), client(&empty), options("events"))
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert!(
+        matches!(&s.status, StreamStatus::Failed(e) if e.contains("no list has any member")),
+        "{:?}",
+        s.status
+    );
+    assert_eq!(s.commits, 0);
+    assert!(
+        !Manifest::load(&lake)
+            .await
+            .unwrap()
+            .streams
+            .contains_key("events")
     );
 }
 

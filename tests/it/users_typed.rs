@@ -68,8 +68,12 @@ fn truth(fake: &FakeIterable, start: DateTime<Utc>, end: DateTime<Utc>) -> BTree
         .collect()
 }
 
+/// A timestamp as the fake writes it: text, or epoch milliseconds.
 fn micros(v: &Value) -> i64 {
-    parse_instant(v.as_str().unwrap()).unwrap()
+    match v.as_i64() {
+        Some(ms) => ms * 1000,
+        None => parse_instant(v.as_str().unwrap()).unwrap(),
+    }
 }
 
 /// Every live row of `users`: email → (profileUpdatedAt, the row's batch and index).
@@ -423,4 +427,98 @@ async fn full_refresh_append_then_incremental_retires_every_snapshot() {
     sync_users(&fake, &lake, end, Some(SyncMode::IncrementalDeduped)).await;
     assert_layout(&lake, "bucket=").await;
     assert_one_latest_row_per_user(&fake, &lake, end).await;
+}
+
+/// A row's key as the deduped layout has it (`email:…`, or `userId:…` without an email),
+/// with its userId and `profileUpdatedAt`.
+type Keyed = BTreeMap<String, (Option<String>, i64)>;
+
+/// The fake's current users updated in `[start, end)`, by key.
+fn truth_by_key(fake: &FakeIterable, start: DateTime<Utc>, end: DateTime<Utc>) -> Keyed {
+    let mut out = Keyed::new();
+    for line in fake.truth_lines("user", start, end) {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let user_id = v["userId"].as_str().map(str::to_string);
+        let key = match (v["email"].as_str(), &user_id) {
+            (Some(e), _) => format!("email:{e}"),
+            (None, Some(u)) => format!("userId:{u}"),
+            (None, None) => panic!("a user without email and userId: {line}"),
+        };
+        let at = micros(&v["profileUpdatedAt"]);
+        assert!(out.insert(key, (user_id, at)).is_none(), "{line}");
+    }
+    out
+}
+
+/// Every live row of `users` by key, checking there is one per key.
+async fn live_by_key(lake: &LakeStore) -> Keyed {
+    let mut out = Keyed::new();
+    for (_, batches) in live_batches(lake, "users").await {
+        for b in batches {
+            let email = b["email"].as_string::<i32>();
+            let user_id = b["userId"].as_string::<i32>();
+            let at = b["profileUpdatedAt"].as_primitive::<TimestampMicrosecondType>();
+            for i in 0..b.num_rows() {
+                let uid = user_id.is_valid(i).then(|| user_id.value(i).to_string());
+                let key = match (email.is_valid(i), &uid) {
+                    (true, _) => format!("email:{}", email.value(i)),
+                    (false, Some(u)) => format!("userId:{u}"),
+                    (false, None) => panic!("a row without a key"),
+                };
+                assert!(out.insert(key, (uid, at.value(i))).is_none());
+            }
+        }
+    }
+    out
+}
+
+/// Identity changes over HTTP, in a deduped lake of many buckets: a userId-only user who
+/// gains an email is one row afterwards (its `userId:…` row, in another bucket, is
+/// retired); a user whose email changes keeps the old email's row beside the new one
+/// (the export does not say that an email is gone, so the old row stays, with the same
+/// userId).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduped_users_whose_identity_changes() {
+    let fake = FakeIterable::start(FakeConfig {
+        identity_changes: true,
+        ..FakeConfig::small(24)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let deduped = Some(SyncMode::IncrementalDeduped);
+    let t1 = fake.midpoint() - chrono::Duration::hours(1);
+    sync_users(&fake, &lake, t1, deduped).await;
+    let first = live_by_key(&lake).await;
+    assert_eq!(first, truth_by_key(&fake, t(START), t1));
+
+    let end = fake.config().start + chrono::Duration::days(i64::from(fake.config().days) + 1);
+    sync_users(&fake, &lake, end, deduped).await;
+    let now = truth_by_key(&fake, t(START), end);
+    let gained: Vec<&String> = first
+        .keys()
+        .filter(|k| k.starts_with("userId:") && !now.contains_key(*k))
+        .collect();
+    let changed: Keyed = first
+        .iter()
+        .filter(|(k, _)| k.starts_with("email:was.") && !now.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(
+        !gained.is_empty() && !changed.is_empty(),
+        "the fake changes identities: {gained:?} {changed:?}"
+    );
+    let mut want = now.clone();
+    want.extend(changed.clone());
+    assert_eq!(live_by_key(&lake).await, want);
+    for (key, (user_id, _)) in &changed {
+        let user_id = user_id.as_deref().unwrap();
+        let rows: Vec<&String> = want
+            .iter()
+            .filter(|(_, (u, _))| u.as_deref() == Some(user_id))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(rows.len(), 2, "{key}: the old and the new email: {rows:?}");
+    }
 }

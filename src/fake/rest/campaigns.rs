@@ -428,7 +428,7 @@ const METRIC_COLUMNS: &[&str] = &[
     "Total Custom Conversions",
     "Total Email Holdout",
     "Total Email Opens",
-    "Total Email Opens Filtered",
+    "Total Email Opens (filtered)",
     "Total Email Send Skips",
     "Total Email Sends",
     "Total Emails Bounced",
@@ -440,8 +440,8 @@ const METRIC_COLUMNS: &[&str] = &[
     "Unique Custom Conversions",
     "Unique Email Clicks",
     "Unique Email Opens",
-    "Unique Email Opens Filtered",
-    "Unique Email Opens or Clicks",
+    "Unique Email Opens (filtered)",
+    "Unique Email Opens Or Clicks",
     "Unique Email Sends",
     "Unique Emails Bounced",
     "Unique Emails Delivered",
@@ -453,8 +453,20 @@ const METRIC_COLUMNS: &[&str] = &[
     "Total Pushes Bounced",
     "Total Pushes Delivered",
     "Push Delivery Rate",
-    "Total Push Opens",
-    "Unique Push Opens",
+    "Total Pushes Opened",
+    "Unique Pushes Opened",
+    "Unique Pushes Delivered",
+    "Unique Pushes Bounced",
+    "Total Push Holdout",
+    "Total App Uninstalls",
+    "Purchases / M (Push)",
+    "Revenue / M (Push)",
+    "Total Web Pushes Sent",
+    "Unique Web Pushes Sent",
+    "Total Web Push Clicks",
+    "Unique Web Push Clicks",
+    "Total Web Push Send Skips",
+    "Total WebPush Holdout",
     "Push Open Rate",
     "Total Push Send Skips",
     "Total SMS Sent",
@@ -549,7 +561,7 @@ fn metrics_row(cfg: &FakeConfig, c: &Campaign) -> Vec<String> {
                 put("Total Email Holdout", int(holdout));
                 put("Total Email Opens", int(total_opens));
                 put(
-                    "Total Email Opens Filtered",
+                    "Total Email Opens (filtered)",
                     int(part(&mut d, total_opens, 0.6)),
                 );
                 put("Total Email Send Skips", int(part(&mut d, sends, 0.01)));
@@ -561,10 +573,10 @@ fn metrics_row(cfg: &FakeConfig, c: &Campaign) -> Vec<String> {
                 put("Unique Email Clicks", int(unique_clicks));
                 put("Unique Email Opens", int(unique_opens));
                 put(
-                    "Unique Email Opens Filtered",
+                    "Unique Email Opens (filtered)",
                     int(part(&mut d, unique_opens, 0.6)),
                 );
-                put("Unique Email Opens or Clicks", int(opens_or_clicks));
+                put("Unique Email Opens Or Clicks", int(opens_or_clicks));
                 put("Unique Email Sends", int(sends));
                 put("Unique Emails Bounced", int(unique_bounced));
                 put("Unique Emails Delivered", int(unique_delivered));
@@ -584,10 +596,26 @@ fn metrics_row(cfg: &FakeConfig, c: &Campaign) -> Vec<String> {
                 put("Total Pushes Bounced", int(bounced));
                 put("Total Pushes Delivered", int(delivered));
                 put("Push Delivery Rate", ratio(delivered, total));
-                put("Total Push Opens", int(part(&mut d, unique_opens, 1.3)));
-                put("Unique Push Opens", int(unique_opens));
+                put("Total Pushes Opened", int(part(&mut d, unique_opens, 1.3)));
+                put("Unique Pushes Opened", int(unique_opens));
                 put("Push Open Rate", ratio(unique_opens, delivered));
                 put("Total Push Send Skips", int(part(&mut d, sends, 0.02)));
+                let unique_bounced = part(&mut d, bounced, 0.9);
+                put("Unique Pushes Bounced", int(unique_bounced));
+                put("Unique Pushes Delivered", int(sends - unique_bounced));
+                put("Total Push Holdout", int(part(&mut d, sends, 0.03)));
+                put("Total App Uninstalls", int(part(&mut d, delivered, 0.005)));
+                if d.chance(0.5) {
+                    let web = part(&mut d, sends, 0.2);
+                    let unique_web = part(&mut d, web, 0.95);
+                    let web_clicks = part(&mut d, unique_web, 0.04);
+                    put("Total Web Pushes Sent", int(web));
+                    put("Unique Web Pushes Sent", int(unique_web));
+                    put("Total Web Push Clicks", int(web_clicks));
+                    put("Unique Web Push Clicks", int(part(&mut d, web_clicks, 0.9)));
+                    put("Total Web Push Send Skips", int(part(&mut d, web, 0.01)));
+                    put("Total WebPush Holdout", int(part(&mut d, web, 0.02)));
+                }
                 (unique_opens, delivered)
             }
             "SMS" => {
@@ -647,6 +675,10 @@ fn metrics_row(cfg: &FakeConfig, c: &Campaign) -> Vec<String> {
                 put("Purchases / M (SMS)", per_mille(purchases as f64));
                 put("Revenue / M (SMS)", per_mille(revenue));
             }
+            "Push" => {
+                put("Purchases / M (Push)", per_mille(purchases as f64));
+                put("Revenue / M (Push)", per_mille(revenue));
+            }
             _ => {}
         }
         if d.chance(0.5) {
@@ -675,7 +707,7 @@ fn metrics_row(cfg: &FakeConfig, c: &Campaign) -> Vec<String> {
 }
 
 /// The header and the rows `campaigns/metrics` answers for `ids`: one per distinct campaign
-/// served now, in request order.
+/// served now, in request order (in the older shape with `Faults::old_metrics_csv`).
 fn metrics_table(state: &State, ids: &[i64]) -> (Vec<String>, Vec<Vec<String>>) {
     let campaigns = visible_campaigns(state);
     let mut seen = HashSet::new();
@@ -685,7 +717,23 @@ fn metrics_table(state: &State, ids: &[i64]) -> (Vec<String>, Vec<Vec<String>>) 
         .filter_map(|id| campaigns.binary_search_by_key(id, |c| c.id).ok())
         .map(|k| metrics_row(&state.cfg, &campaigns[k]))
         .collect();
-    (metrics_header(), rows)
+    if !state.cfg.faults.old_metrics_csv {
+        return (metrics_header(), rows);
+    }
+    let twice = |cells: Vec<String>| -> Vec<String> {
+        cells.into_iter().flat_map(|c| [c.clone(), c]).collect()
+    };
+    let header = metrics_header().iter().map(|h| older_header(h)).collect();
+    (twice(header), rows.into_iter().map(twice).collect())
+}
+
+/// A header as older projects write it: per-mille metrics without their medium.
+fn older_header(header: &str) -> String {
+    let per_mille = header.starts_with("Purchases / M (") || header.starts_with("Revenue / M (");
+    match header.split_once(" (") {
+        Some((bare, _)) if per_mille => bare.to_string(),
+        _ => header.to_string(),
+    }
 }
 
 pub(super) async fn get_metrics(
