@@ -501,6 +501,7 @@ async fn state_command(args: StateArgs) -> Result<u8> {
         None => {
             let mut summary = state::summarize(&dest, &manifest);
             summary.last_run_report = state::last_report(&lake, &manifest).await;
+            state::add_delta_versions(&lake, &mut summary).await;
             if args.json {
                 print_json(&summary)?;
             } else {

@@ -34,6 +34,8 @@ pub const LOG_DIR: &str = "_delta_log";
 pub const APP_ID: &str = "iterable-lake";
 /// A checkpoint is written at every version divisible by this.
 pub const CHECKPOINT_EVERY: u64 = 10;
+/// Log entries are kept this long (for time travel), as Delta writers do by default.
+pub const LOG_RETENTION: chrono::Duration = chrono::Duration::days(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
@@ -388,6 +390,7 @@ impl Table {
         self.version = Some(version);
         if version > 0 && version.is_multiple_of(CHECKPOINT_EVERY) {
             self.write_checkpoint(lake, version).await?;
+            self.clean_log(lake, Utc::now() - LOG_RETENTION).await;
         }
         Ok(Some(version))
     }
@@ -422,6 +425,41 @@ impl Table {
             "configuration": {},
             "createdTime": old.and_then(|m| m["createdTime"].as_i64()).unwrap_or(millis(now)),
         })
+    }
+
+    /// Delete the log entries a reader no longer needs: those before the newest checkpoint
+    /// written before `horizon`, which stays, so every version since it can still be read.
+    /// Best effort: what is left is deleted at the next checkpoint.
+    pub async fn clean_log(&self, lake: &LakeStore, horizon: DateTime<Utc>) {
+        let Ok(metas) = lake
+            .store
+            .list(Some(&lake.path(&format!("{}/{LOG_DIR}", self.dir))))
+            .try_collect::<Vec<_>>()
+            .await
+        else {
+            return;
+        };
+        let entry = |m: &object_store::ObjectMeta| {
+            let name = m.location.filename()?;
+            let (number, rest) = name.split_at_checked(20)?;
+            let version: u64 = number.parse().ok()?;
+            let checkpoint = rest == ".checkpoint.parquet";
+            (checkpoint || rest == ".json").then_some((version, checkpoint))
+        };
+        let Some(keep_from) = metas
+            .iter()
+            .filter(|m| m.last_modified < horizon)
+            .filter_map(|m| entry(m).filter(|(_, checkpoint)| *checkpoint))
+            .map(|(v, _)| v)
+            .max()
+        else {
+            return;
+        };
+        for m in &metas {
+            if entry(m).is_some_and(|(v, _)| v < keep_from) {
+                let _ = lake.store.delete(&m.location).await;
+            }
+        }
     }
 
     /// Write the table's state at `version` as a checkpoint, and point `_last_checkpoint` at

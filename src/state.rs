@@ -72,6 +72,8 @@ pub struct StreamSummary {
     pub bytes: u64,
     pub quarantined: Vec<QuarantineSummary>,
     pub last_run: Option<String>,
+    /// The version of the stream's Delta table, when it is one (`--table-format delta`).
+    pub delta_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -195,8 +197,23 @@ pub fn summarize(dest: &str, manifest: &Manifest) -> LakeSummary {
                     })
                     .collect(),
                 last_run: s.last_run.clone(),
+                delta_version: None,
             })
             .collect(),
+    }
+}
+
+/// Fill in the version of each stream's Delta table; a stream without a readable log has
+/// none.
+pub async fn add_delta_versions(lake: &LakeStore, summary: &mut LakeSummary) {
+    for s in &mut summary.streams {
+        s.delta_version = match crate::delta::Table::open(lake, &s.stream).await {
+            Ok(table) => table.version(),
+            Err(e) => {
+                tracing::warn!(stream = %s.stream, error = %e, "could not read the stream's Delta table");
+                None
+            }
+        };
     }
 }
 
@@ -249,6 +266,14 @@ pub fn render(summary: &LakeSummary) -> String {
                 q.error
             );
         }
+    }
+    let tables: Vec<String> = summary
+        .streams
+        .iter()
+        .filter_map(|s| Some(format!("{} v{}", s.stream, s.delta_version?)))
+        .collect();
+    if !tables.is_empty() {
+        out += &format!("\nDelta tables (version): {}\n", tables.join(", "));
     }
     if let Some(r) = &summary.last_run_report {
         out += &render_run(r);

@@ -12,6 +12,7 @@ use iterable_lake::delta::{CHECKPOINT_EVERY, LOG_DIR, Table, TableFormat};
 use iterable_lake::fake::{FakeConfig, FakeIterable};
 use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
+use iterable_lake::state;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use serde_json::Value;
 
@@ -106,17 +107,18 @@ fn duckdb_digest(from: &str, id: &str) -> Option<(u64, String)> {
     ))
 }
 
-/// Every reader of each table agrees with the manifest's live files of its stream.
-async fn assert_readers_agree(lake: &LakeStore, root: &Path) {
+/// Every reader of each table agrees with the manifest's live files of its stream; `root` is
+/// the lake's folder or `s3://bucket/prefix`.
+async fn assert_readers_agree(lake: &LakeStore, root: &str) {
     let manifest = Manifest::load(lake).await.unwrap();
     for (stream, id) in STREAMS {
         let state = &manifest.streams[stream];
         let files: Vec<String> = state
             .files
             .iter()
-            .map(|f| sql_str(root.join(&f.file.path).to_str().unwrap()))
+            .map(|f| sql_str(&format!("{root}/{}", f.file.path)))
             .collect();
-        let table = root.join(stream);
+        let table = format!("{root}/{stream}");
         let Some((rows, digest)) = duckdb_digest(
             &format!("read_parquet([{}], union_by_name=true)", files.join(", ")),
             id,
@@ -124,17 +126,13 @@ async fn assert_readers_agree(lake: &LakeStore, root: &Path) {
             return;
         };
         assert_eq!(rows, state.rows(), "{stream}: the manifest's files");
-        let scanned = duckdb_digest(
-            &format!("delta_scan({})", sql_str(table.to_str().unwrap())),
-            id,
-        )
-        .unwrap();
+        let scanned = duckdb_digest(&format!("delta_scan({})", sql_str(&table)), id).unwrap();
         assert_eq!(
             scanned,
             (rows, digest.clone()),
             "{stream}: DuckDB delta_scan"
         );
-        let read = python_readers(table.to_str().unwrap(), None, id).unwrap();
+        let read = python_readers(&table, None, id).unwrap();
         for reader in ["deltalake", "polars"] {
             assert_eq!(read[reader]["rows"], rows, "{stream}: {reader}");
             assert_eq!(read[reader]["ids"], digest.as_str(), "{stream}: {reader}");
@@ -180,17 +178,31 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
     };
     let first = fake.midpoint();
     sync_at(&fake, &lake, first, Duration::days(7)).await;
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
     let v1 = Table::open(&lake, "email_send")
         .await
         .unwrap()
         .version()
         .unwrap();
     let rows1 = Manifest::load(&lake).await.unwrap().streams["email_send"].rows();
+    // `state` names each table's version.
+    let mut summary = state::summarize("lake", &Manifest::load(&lake).await.unwrap());
+    state::add_delta_versions(&lake, &mut summary).await;
+    let send = summary
+        .streams
+        .iter()
+        .find(|s| s.stream == "email_send")
+        .unwrap();
+    assert_eq!(send.delta_version, Some(v1));
+    assert!(
+        state::render(&summary).contains(&format!("email_send v{v1}")),
+        "{}",
+        state::render(&summary)
+    );
 
     // The second night re-reads the settling window and replaces its partitions.
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
     let manifest = Manifest::load(&lake).await.unwrap();
     let send = &manifest.streams["email_send"];
     assert!(!send.retired.is_empty(), "replaced files are retired");
@@ -219,7 +231,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
     for r in &send.retired {
         assert!(!root.join(&r.path).exists(), "{} was vacuumed", r.path);
     }
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +257,7 @@ async fn a_table_behind_its_manifest_is_reconciled_by_the_next_run() {
     std::fs::remove_file(log.join(format!("{newest:020}.json"))).unwrap();
     std::fs::remove_dir_all(root.join("users").join(LOG_DIR)).unwrap();
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
-    assert_readers_agree(&lake, &root).await;
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,14 +293,99 @@ async fn readers_start_from_the_checkpoint_every_tenth_version_writes() {
         serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
     let checkpoint = last["version"].as_u64().unwrap();
     assert!(checkpoint >= CHECKPOINT_EVERY && checkpoint.is_multiple_of(CHECKPOINT_EVERY));
-    // Without the commits the checkpoint covers, every reader (and this tool) still reads
-    // the table whole.
+    // Past the log's retention, the entries before the checkpoint go; every reader (and
+    // this tool) still reads the table whole, from the checkpoint.
+    let table = Table::open(&lake, "email_send").await.unwrap();
+    table.clean_log(&lake, Utc::now() + Duration::days(1)).await;
     for v in 0..checkpoint {
-        std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
+        assert!(
+            !log.join(format!("{v:020}.json")).exists(),
+            "version {v} was cleaned"
+        );
     }
+    assert!(
+        log.join(format!("{checkpoint:020}.checkpoint.parquet"))
+            .is_file()
+    );
+    assert!(log.join(format!("{version:020}.json")).is_file());
     assert_eq!(
         Table::open(&lake, "email_send").await.unwrap().version(),
         Some(version)
     );
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_tables_on_s3_read_alike_with_every_reader() {
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    if !support::duckdb_available() && !support::in_ci() {
+        eprintln!("skipped: Delta readers need scripts/test.sh");
+        return;
+    }
+    let fake = FakeIterable::start(FakeConfig::small(54)).await.unwrap();
+    let bucket = s3.new_bucket().await;
+    let root = bucket.s3_url("lake");
+    let lake = LakeStore::open(&root).unwrap();
+    sync_at(&fake, &lake, fake.midpoint(), Duration::days(7)).await;
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
     assert_readers_agree(&lake, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_during_a_sync_sees_only_committed_versions() {
+    let Some(Setup {
+        fake: _,
+        _dir,
+        root,
+        lake,
+    }) = setup(55).await
+    else {
+        return;
+    };
+    // A slow API, so the second night's replacing commits come while the reader reads.
+    let mut cfg = FakeConfig::small(55);
+    cfg.faults = iterable_lake::fake::Faults {
+        export_rate: None,
+        latency: Some(std::time::Duration::from_millis(150)),
+        ..iterable_lake::fake::Faults::default()
+    };
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    sync_at(&fake, &lake, fake.midpoint(), Duration::days(7)).await;
+    let table = sql_str(root.join("email_send").to_str().unwrap());
+    let users = sql_str(root.join("users").to_str().unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            let mut last = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let q = support::try_duckdb(&format!(
+                    "SELECT (SELECT count(*) FROM delta_scan({table})), \
+                            (SELECT count(DISTINCT _event_id) FROM delta_scan({table})), \
+                            (SELECT count(*) FROM delta_scan({users}))"
+                ))
+                .unwrap();
+                let row = &q.expect("a read during the sync never fails").rows[0];
+                let (rows, ids) = (row[0].as_u64().unwrap(), row[1].as_u64().unwrap());
+                assert_eq!(rows, ids, "no event twice");
+                assert!(rows >= last, "never fewer rows than a version read before");
+                last = rows;
+                reads += 1;
+            }
+            reads
+        })
+    };
+    sync_at(&fake, &lake, t(END), Duration::days(7)).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads = reader
+        .join()
+        .expect("the reader saw only committed versions");
+    assert!(
+        reads >= 3,
+        "the reader read while the sync ran ({reads} reads)"
+    );
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
 }
