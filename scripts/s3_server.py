@@ -65,19 +65,24 @@ def main() -> int:
     with urllib.request.urlopen(f"http://{host}:{port}/", timeout=30) as resp:
         resp.read()
 
+    print(f"moto S3 server on http://{host}:{port}", flush=True)
+    serve_until_signal(server, port_file)
+    return 0
+
+
+def serve_until_signal(server, port_file):
+    """Publish the port of `server` (serving on another thread) in port_file, atomically,
+    then wait for SIGTERM or SIGINT and shut it down. Also used by s3_fault_proxy.py."""
     tmp = f"{port_file}.tmp"
     with open(tmp, "w") as f:
-        f.write(f"{port}\n")
+        f.write(f"{server.server_port}\n")
     os.replace(tmp, port_file)
-    print(f"moto S3 server on http://{host}:{port}", flush=True)
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(3600):
         pass
     server.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

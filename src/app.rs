@@ -2,11 +2,14 @@
 //! exit code; errors here are user-facing and name what to fix. Errors the user fixes in
 //! the command line or a config file are [`UsageError`]s (exit 64).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use arrow::array::AsArray;
+use arrow::record_batch::RecordBatch;
 use chrono::{Datelike, TimeZone, Utc};
 use futures::StreamExt;
 use indicatif::ProgressDrawTarget;
@@ -20,13 +23,15 @@ use crate::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
 use crate::catalog;
 use crate::check::{self, KeyProblem};
 use crate::cli::{
-    CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, LogFormat, ResetArgs, SourceArgs, StateAction,
-    StateArgs, StreamsArgs, SyncArgs,
+    CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, FakeDataArgs, FakeFaultArgs, FakeTruthArgs,
+    LogFormat, ResetArgs, SourceArgs, StateAction, StateArgs, StreamsArgs, SyncArgs,
 };
 use crate::config::{
     self, ApiSettings, ConfigError, Given, Layer, Origin, find_stream, parse_date, split_names,
 };
-use crate::fake::{CutOff, FakeConfig, FakeIterable};
+use crate::convert::schema::EVENT_ID;
+use crate::convert::{Decoder, StreamSchema};
+use crate::fake::{CutOff, FakeConfig, FakeIterable, Faults};
 use crate::lock::{LakeLock, LockError};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -161,6 +166,7 @@ pub async fn run(cli: Cli, progress: Option<Progress>) -> Result<u8> {
         Command::State(args) => state_command(args).await,
         Command::Demo(args) => demo(args, progress).await,
         Command::FakeApi(args) => fake_api(args).await,
+        Command::FakeTruth(args) => fake_truth(args).await,
     }
 }
 
@@ -583,23 +589,47 @@ async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
     Ok(exit_code(&report))
 }
 
-async fn fake_api(args: FakeApiArgs) -> Result<u8> {
-    let start = parse_date(&Given::flag("--start", args.start.clone())).map_err(usage)?;
-    let mut cfg = FakeConfig {
-        seed: args.seed,
+/// The fake's configuration from its data flags (faults off).
+fn fake_config(data: &FakeDataArgs) -> Result<FakeConfig> {
+    let start = parse_date(&Given::flag("--start", data.start.clone())).map_err(usage)?;
+    Ok(FakeConfig {
         start,
-        days: args.days,
-        events_per_day: args.events_per_day,
-        users: args.users,
+        days: data.days,
+        events_per_day: data.events_per_day,
+        users: data.users,
+        ..FakeConfig::small(data.seed)
+    })
+}
+
+fn fake_faults(args: &FakeFaultArgs) -> Faults {
+    Faults {
+        export_rate: args.export_rate.map(|n| (n, args.export_rate_window)),
+        retry_after: args.retry_after,
+        cut_off: args.cut_off_bytes.map(|after_bytes| CutOff {
+            data_type: args.cut_off_data_type.clone(),
+            after_bytes,
+            first_requests: args.cut_off_requests.unwrap_or(u32::MAX),
+        }),
+        random_500: args.random_500.unwrap_or(0.0),
+        random_500_seed: args.random_500_seed,
+        latency: args.latency_ms.map(Duration::from_millis),
+        failing_lists: args.failing_lists.clone(),
+        clean_cut_off: args.cut_off_clean.map(|first_requests| CutOff {
+            data_type: None,
+            after_bytes: args.cut_off_clean_bytes,
+            first_requests,
+        }),
+        ..Faults::default()
+    }
+}
+
+async fn fake_api(args: FakeApiArgs) -> Result<u8> {
+    let cfg = FakeConfig {
         api_key: args.api_key,
         cache_bodies: args.cache_bodies,
-        ..FakeConfig::small(args.seed)
+        faults: fake_faults(&args.faults),
+        ..fake_config(&args.data)?
     };
-    cfg.faults.clean_cut_off = args.cut_off_clean.map(|first_requests| CutOff {
-        data_type: None,
-        after_bytes: args.cut_off_clean_bytes,
-        first_requests,
-    });
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let fake = FakeIterable::start_on(cfg, addr)
         .await
@@ -611,10 +641,89 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// `fake-truth`: every record the fake serves over its data range, one line each, day by
+/// day (so memory holds one day of one stream), sorted.
+async fn fake_truth(args: FakeTruthArgs) -> Result<u8> {
+    let cfg = fake_config(&args.data)?;
+    let mut defs = Vec::new();
+    for name in split_names(&args.streams) {
+        let def = find_stream(&name, &Origin::Flag("--streams")).map_err(usage)?;
+        if def.layout != catalog::Layout::Dated
+            || !matches!(def.source, catalog::Source::Export { .. })
+        {
+            return Err(usage(ConfigError::Invalid {
+                origin: Origin::Flag("--streams"),
+                problem: format!("{name} is not a dated export stream"),
+            }));
+        }
+        defs.push(def);
+    }
+    let (start, days) = (cfg.start, cfg.days);
+    let fake = FakeIterable::start(cfg)
+        .await
+        .context("starting the fake Iterable API")?;
+    let mut out = Vec::new();
+    for def in defs {
+        let schema = Arc::new(
+            StreamSchema::parse(def.name, def.schema, def.is_event())
+                .with_context(|| format!("the schema of {}", def.name))?,
+        );
+        let decoder = Decoder::new(schema, 0, def.data_type());
+        for day in 0..i64::from(days) {
+            let from = start + chrono::Duration::days(day);
+            let to = from + chrono::Duration::days(1);
+            let lines = fake.truth_lines(def.data_type(), from, to);
+            if lines.is_empty() {
+                continue;
+            }
+            let batch = decoder
+                .decode(lines.join("\n").as_bytes())
+                .with_context(|| format!("decoding the fake's {} of {from}", def.name))?
+                .batch;
+            let date = from.date_naive();
+            for identity in identities(def, &batch)? {
+                out.push(format!("{}\t{date}\t{identity}", def.name));
+            }
+        }
+    }
+    drop(fake);
+    out.sort_unstable();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in out {
+        writeln!(stdout, "{line}")?;
+    }
+    stdout.flush()?;
+    Ok(exit::OK)
+}
+
+/// Each row's identity: `_event_id` for events, `email|userId` for keyed streams.
+fn identities(def: &catalog::StreamDef, batch: &RecordBatch) -> Result<Vec<String>> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .with_context(|| format!("{}: no text column {name}", def.name))
+    };
+    if def.is_event() {
+        let ids = column(EVENT_ID)?;
+        return Ok(ids
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect());
+    }
+    let (email, user) = (column("email")?, column("userId")?);
+    Ok(email
+        .iter()
+        .zip(user.iter())
+        .map(|(e, u)| format!("{}|{}", e.unwrap_or_default(), u.unwrap_or_default()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sync::StreamReport;
+    use clap::Parser;
 
     #[test]
     fn auto_logs_are_bars_on_a_terminal_and_json_elsewhere() {
@@ -622,6 +731,75 @@ mod tests {
         assert_eq!(log_mode(LogFormat::Auto, false), LogMode::Json);
         assert_eq!(log_mode(LogFormat::Json, true), LogMode::Json);
         assert_eq!(log_mode(LogFormat::Text, false), LogMode::Text);
+    }
+
+    fn fake_api_args(args: &[&str]) -> FakeApiArgs {
+        let cli = Cli::try_parse_from(["iterable-lake", "fake-api"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::FakeApi(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fake_api_faults_are_off_unless_asked_for() {
+        let f = fake_faults(&fake_api_args(&[]).faults);
+        assert_eq!(f.export_rate, None);
+        assert!(f.cut_off.is_none() && f.latency.is_none() && !f.retry_after);
+        assert!(f.failing_lists.is_empty() && f.clean_cut_off.is_none());
+        assert_eq!(f.random_500, 0.0);
+
+        let f = fake_faults(
+            &fake_api_args(&[
+                "--random-500",
+                "0.25",
+                "--random-500-seed",
+                "9",
+                "--cut-off-bytes",
+                "1000",
+                "--cut-off-requests",
+                "2",
+                "--cut-off-data-type",
+                "emailSend",
+                "--latency-ms",
+                "15",
+                "--export-rate",
+                "20",
+                "--export-rate-window",
+                "2s",
+                "--retry-after",
+                "--failing-lists",
+                "3,14",
+            ])
+            .faults,
+        );
+        assert_eq!(f.failing_lists, [3, 14]);
+        assert_eq!((f.random_500, f.random_500_seed), (0.25, 9));
+        let cut = f.cut_off.unwrap();
+        assert_eq!(
+            (
+                cut.after_bytes,
+                cut.first_requests,
+                cut.data_type.as_deref()
+            ),
+            (1000, 2, Some("emailSend"))
+        );
+        assert_eq!(f.latency, Some(Duration::from_millis(15)));
+        assert_eq!(f.export_rate, Some((20, Duration::from_secs(2))));
+        assert!(f.retry_after);
+        assert_eq!(
+            fake_faults(&fake_api_args(&["--cut-off-bytes", "5"]).faults)
+                .cut_off
+                .unwrap()
+                .first_requests,
+            u32::MAX
+        );
+        let clean = fake_faults(&fake_api_args(&["--cut-off-clean", "3"]).faults)
+            .clean_cut_off
+            .unwrap();
+        assert_eq!((clean.first_requests, clean.after_bytes), (3, 4096));
+        assert!(Cli::try_parse_from(["iterable-lake", "fake-api", "--random-500", "1.5"]).is_err());
+        assert!(Cli::try_parse_from(["iterable-lake", "fake-api", "--retry-after"]).is_err());
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub enum Command {
     /// Serve the built-in fake Iterable API until interrupted (for benchmarks and trying the tool).
     #[command(hide = true)]
     FakeApi(FakeApiArgs),
+    /// Print what `fake-api` with the same data flags serves over its whole data range, one
+    /// record a line: `stream<TAB>partition date<TAB>identity` (`_event_id` for events,
+    /// `email|userId` for users), sorted; the torture suite compares lakes with it.
+    #[command(hide = true)]
+    FakeTruth(FakeTruthArgs),
 }
 
 /// Where the API is, how to authenticate, and which streams: shared by `sync` and `check`.
@@ -360,11 +365,9 @@ pub struct DemoArgs {
     pub dest: String,
 }
 
+/// The fake's data set: the same values give the same data, in `fake-api` and `fake-truth`.
 #[derive(Debug, Args)]
-pub struct FakeApiArgs {
-    /// Port on 127.0.0.1 (0: any free port; the base URL is printed).
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
+pub struct FakeDataArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -380,6 +383,15 @@ pub struct FakeApiArgs {
     /// User profiles.
     #[arg(long, default_value_t = 1000)]
     pub users: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct FakeApiArgs {
+    /// Port on 127.0.0.1 (0: any free port; the base URL is printed).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[command(flatten)]
+    pub data: FakeDataArgs,
     /// The key the fake accepts.
     #[arg(long, default_value = "fake-key")]
     pub api_key: String,
@@ -388,6 +400,46 @@ pub struct FakeApiArgs {
     /// clock is past the data's last day plus 20 hours, when bodies no longer change.
     #[arg(long)]
     pub cache_bodies: bool,
+    #[command(flatten)]
+    pub faults: FakeFaultArgs,
+}
+
+/// The faults `fake-api` injects (all off by default), for the torture suite and for trying
+/// the tool's retries by hand.
+#[derive(Debug, Args)]
+pub struct FakeFaultArgs {
+    /// Answer this share (0.0 to 1.0) of API requests with 500 GenericError [default: 0].
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    pub random_500: Option<f64>,
+    /// Seed of the sequence that decides which requests get --random-500.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub random_500_seed: u64,
+    /// Cut export responses off after this many body bytes (the connection closes without
+    /// the body's end).
+    #[arg(long, value_name = "BYTES")]
+    pub cut_off_bytes: Option<usize>,
+    /// How many export responses --cut-off-bytes cuts, the first ones [default: all].
+    #[arg(long, value_name = "N", requires = "cut_off_bytes")]
+    pub cut_off_requests: Option<u32>,
+    /// Cut only this data type's exports (e.g. emailSend) [default: every data type].
+    #[arg(long, value_name = "DATA_TYPE", requires = "cut_off_bytes")]
+    pub cut_off_data_type: Option<String>,
+    /// Delay every response by this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub latency_ms: Option<u64>,
+    /// Admit at most this many export requests per --export-rate-window and answer the rest
+    /// 429 RateLimitExceeded (Iterable: 4 a minute) [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub export_rate: Option<u32>,
+    /// The sliding window of --export-rate (90s, 2m, or plain seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait, default_value = "60", requires = "export_rate")]
+    pub export_rate_window: std::time::Duration,
+    /// Send `Retry-After` with the 429s of --export-rate.
+    #[arg(long, requires = "export_rate")]
+    pub retry_after: bool,
+    /// Lists (comma-separated ids) whose getUsers always answers 500 GenericError.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub failing_lists: Vec<i64>,
     /// End the first N export bodies early but properly, in the middle of a line (a server
     /// that thinks it is done): a sync must retry those windows, not commit them.
     #[arg(long, value_name = "N")]
@@ -400,6 +452,25 @@ pub struct FakeApiArgs {
         requires = "cut_off_clean"
     )]
     pub cut_off_clean_bytes: usize,
+}
+
+/// A share between 0 and 1.
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{text:?} is not a share between 0 and 1, e.g. 0.05"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FakeTruthArgs {
+    #[command(flatten)]
+    pub data: FakeDataArgs,
+    /// Comma-separated dated export streams (e.g. email_send,users).
+    #[arg(long, value_name = "NAMES")]
+    pub streams: String,
 }
 
 #[cfg(test)]

@@ -264,3 +264,63 @@ fn demo_builds_a_lake_duckdb_reads() {
     assert_eq!(row[1].as_u64().unwrap(), 3, "three days of data: {row:?}");
     assert!(row[2].as_u64().unwrap() > 1000, "{row:?}");
 }
+
+/// `fake-truth` prints every record a fake with the same data flags serves, one line each,
+/// sorted: the torture suite's record-for-record comparison of a lake rests on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_truth_prints_every_record_the_fake_serves() {
+    let o = run(
+        &[
+            "fake-truth",
+            "--seed",
+            "5",
+            "--start",
+            "2024-01-01",
+            "--days",
+            "2",
+            "--events-per-day",
+            "30",
+            "--users",
+            "60",
+            "--streams",
+            "email_send,users",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+    assert!(out.lines().is_sorted());
+    let fake = FakeIterable::start(FakeConfig {
+        days: 2,
+        events_per_day: 30,
+        users: 60,
+        ..FakeConfig::small(5)
+    })
+    .await
+    .unwrap();
+    let (start, end) = (
+        "2024-01-01T00:00:00Z".parse().unwrap(),
+        "2024-01-03T00:00:00Z".parse().unwrap(),
+    );
+    for (stream, data_type) in [("email_send", "emailSend"), ("users", "user")] {
+        let mut printed = std::collections::BTreeMap::new();
+        let mut ids = std::collections::BTreeSet::new();
+        for l in lines.iter().filter(|l| l[0] == stream) {
+            *printed.entry(l[1].parse().unwrap()).or_insert(0u64) += 1;
+            ids.insert(l[2]);
+        }
+        let truth = fake.truth_counts(data_type, start, end);
+        assert!(!truth.is_empty(), "{stream}");
+        assert_eq!(printed, truth, "{stream}");
+        let rows: u64 = truth.values().sum();
+        assert_eq!(ids.len() as u64, rows, "{stream}: identities are distinct");
+    }
+    let o = run(&["fake-truth", "--streams", "lists"], None);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        text(&o).contains("lists is not a dated export stream"),
+        "{}",
+        text(&o)
+    );
+}
