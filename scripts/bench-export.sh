@@ -3,7 +3,8 @@
 # Iterable API over HTTP to local disk, and DuckDB converts the same NDJSON to Parquet, each
 # under /usr/bin/time -v (DuckDB with sample_size=-1: export fields appear mid-range, so its
 # default schema sample fails). Prints records/s, MB/s of NDJSON, CPU seconds, peak RSS and the
-# ratios.
+# ratios. The sync runs with each table format (`--table-format delta`, then `parquet`), and
+# prints the Delta run's time as a share of the plain one's.
 #
 # The fake runs with --cache-bodies: the download for DuckDB generates the body once and the
 # syncs replay it, so the fake's generator does not compete for the two cores (a real export
@@ -46,7 +47,7 @@ lines=$(awk 'END {print NR}' "$work/email_send.ndjson")
 measure() { # name, command…: prints "seconds cpu_seconds rss_kb" of the fastest of $runs runs
   local name=$1; shift
   for _ in $(seq "$runs"); do
-    [ "$name" != iterable-lake ] || rm -rf "$work/lake"
+    [ "$name" = duckdb ] || rm -rf "$work/lake"
     /usr/bin/time -v "$@" > "$work/$name.out" 2> "$work/$name.time"
     awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; secs=s}
       /User time|System time/ {cpu+=$2} /Maximum resident set size/ {rss=$2}
@@ -54,10 +55,14 @@ measure() { # name, command…: prints "seconds cpu_seconds rss_kb" of the faste
   done | sort -n | head -1
 }
 
-echo "syncing with iterable-lake ($runs runs)…"
-read -r il_secs il_cpu il_rss < <(ITERABLE_API_KEY=$key measure iterable-lake "$bin" sync --dest "$work/lake" \
-  --streams email_send --start-date 2024-01-01 --end-date 2024-01-04 --base-url "$base" \
-  --export-requests-per-minute 100000 --lag 0)
+sync_args=(sync --dest "$work/lake" --streams email_send --start-date 2024-01-01
+  --end-date 2024-01-04 --base-url "$base" --export-requests-per-minute 100000 --lag 0)
+echo "syncing with iterable-lake, Delta tables ($runs runs)…"
+read -r dl_secs dl_cpu dl_rss < <(ITERABLE_API_KEY=$key measure iterable-lake-delta "$bin" \
+  "${sync_args[@]}" --table-format delta)
+echo "syncing with iterable-lake, plain Parquet ($runs runs)…"
+read -r il_secs il_cpu il_rss < <(ITERABLE_API_KEY=$key measure iterable-lake "$bin" \
+  "${sync_args[@]}" --table-format parquet)
 rows=$(jq '[.streams[].rows] | add' "$work"/lake/_runs/*.json)
 
 echo "converting with DuckDB ($runs runs)…"
@@ -70,11 +75,13 @@ read -r dk_secs dk_cpu dk_rss < <(measure duckdb "$py" "$work/duck.py")
 
 awk -v rows="$rows" -v lines="$lines" -v bytes="$ndjson_bytes" \
     -v ils="$il_secs" -v ilc="$il_cpu" -v ilr="$il_rss" \
-    -v dks="$dk_secs" -v dkc="$dk_cpu" -v dkr="$dk_rss" 'BEGIN {
+    -v dks="$dk_secs" -v dkc="$dk_cpu" -v dkr="$dk_rss" \
+    -v dls="$dl_secs" -v dlc="$dl_cpu" -v dlr="$dl_rss" 'BEGIN {
   ilrate = rows / ils; dkrate = lines / dks
   printf "NDJSON: %d lines, %.1f MB\n", lines, bytes / 1e6
   printf "iterable-lake (HTTP → Parquet): %d records in %.2f s = %.0f records/s, %.1f MB/s, %.2f CPU s, peak RSS %.0f MB\n", rows, ils, ilrate, bytes / 1e6 / ils, ilc, ilr / 1024
   printf "DuckDB (file → Parquet):        %d records in %.2f s = %.0f records/s, %.1f MB/s, %.2f CPU s, peak RSS %.0f MB\n", lines, dks, dkrate, bytes / 1e6 / dks, dkc, dkr / 1024
   printf "ratio iterable-lake / DuckDB: speed %.2f×, CPU %.2f×, memory %.2f×\n", ilrate / dkrate, ilc / dkc, ilr / dkr
+  printf "iterable-lake with Delta tables: %.2f s = %.0f records/s, %.2f CPU s, peak RSS %.0f MB (%.1f%% of the plain run'"'"'s time)\n", dls, rows / dls, dlc, dlr / 1024, 100 * dls / ils
 }'
 [ "$rows" -eq "$lines" ] || { echo "row count $rows differs from the NDJSON's $lines lines" >&2; exit 1; }
