@@ -594,9 +594,16 @@ fn partition_type(name: &str) -> &'static str {
     }
 }
 
-/// The file's statistics: its row count, and the range of its cursor column (milliseconds,
-/// widened outward, as Delta readers compare timestamps in milliseconds).
+/// The file's statistics: its row count and the column statistics its writer took; for a
+/// file written by an earlier run (when a table is built or repaired from the manifest), the
+/// range of its cursor column (milliseconds, widened outward, as Delta readers compare
+/// timestamps in milliseconds).
 fn stats(f: &LiveFile, cursor_field: Option<&str>) -> String {
+    if let Some(Value::Object(columns)) = &f.file.column_stats {
+        let mut s = columns.clone();
+        s.insert("numRecords".to_string(), json!(f.file.rows));
+        return Value::Object(s).to_string();
+    }
     let mut s = json!({"numRecords": f.file.rows});
     if let (Some(c), Some(min), Some(max)) = (cursor_field, f.file.min_cursor, f.file.max_cursor) {
         let ms = |micros: i64| {

@@ -368,6 +368,7 @@ mod tests {
                 bytes: 100,
                 min_cursor: None,
                 max_cursor: None,
+                column_stats: None,
             },
             run: "r".into(),
         });

@@ -103,6 +103,11 @@ pub struct WrittenFile {
     /// Smallest and largest cursor in the file, µs since the epoch.
     pub min_cursor: Option<i64>,
     pub max_cursor: Option<i64>,
+    /// Per-column bounds and null counts from the writer's footer, for the Delta log
+    /// ([`column_stats`](super::stats::column_stats)); held for the run that wrote the file,
+    /// not recorded in the manifest.
+    #[serde(skip)]
+    pub column_stats: Option<serde_json::Value>,
 }
 
 /// The `date=YYYY-MM-DD` partition of a UTC day number (days since the epoch).
@@ -373,7 +378,8 @@ impl PartitionedWriter {
 
     async fn close(&mut self, file: OpenFile) -> Result<(), WriteError> {
         let path = file.path.to_string();
-        file.writer
+        let footer = file
+            .writer
             .close()
             .await
             .map_err(|source| WriteError::Parquet {
@@ -403,6 +409,7 @@ impl PartitionedWriter {
             bytes: meta.size,
             min_cursor: file.min,
             max_cursor: file.max,
+            column_stats: Some(super::stats::column_stats(&self.schema, &footer)),
         });
         Ok(())
     }

@@ -578,6 +578,7 @@ mod tests {
             bytes: 1,
             min_cursor: None,
             max_cursor: None,
+            column_stats: None,
         }
     }
 
