@@ -14,6 +14,7 @@ use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
 use iterable_lake::state;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
+use object_store::ObjectStoreExt;
 use serde_json::Value;
 
 use crate::lake::fake_client;
@@ -484,4 +485,77 @@ async fn a_plain_lake_becomes_delta_and_back_keeping_every_row() {
         .values()
         .sum();
     assert_eq!(rows, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_custom_field_is_a_metadata_commit_and_older_files_read_as_nulls() {
+    let Some(Setup {
+        fake,
+        _dir,
+        root,
+        lake,
+    }) = setup(57).await
+    else {
+        return;
+    };
+    // The fake's users gain the custom field `loyaltyTier` after its midpoint.
+    sync_at(
+        &fake,
+        &lake,
+        fake.midpoint() - Duration::hours(6),
+        Duration::days(7),
+    )
+    .await;
+    let schema_of = |lake: LakeStore| async move {
+        let log = log_actions(&lake, "users").await;
+        log.iter()
+            .rev()
+            .find_map(|a| a.get("metaData"))
+            .map(|m| m["schemaString"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(!schema_of(lake.clone()).await.contains("loyaltyTier"));
+    sync_at(
+        &fake,
+        &lake,
+        fake.midpoint() + Duration::hours(18),
+        Duration::days(7),
+    )
+    .await;
+    let schema = schema_of(lake.clone()).await;
+    assert!(schema.contains("\"loyaltyTier\""), "{schema}");
+    let manifest = Manifest::load(&lake).await.unwrap();
+    let files: Vec<String> = manifest.streams["users"]
+        .files
+        .iter()
+        .map(|f| sql_str(root.join(&f.file.path).to_str().unwrap()))
+        .collect();
+    let table = sql_str(root.join("users").to_str().unwrap());
+    let Some(q) = support::duckdb(&format!(
+        "SELECT (SELECT count(loyaltyTier) FROM delta_scan({table})), \
+                (SELECT count(loyaltyTier) FROM read_parquet([{}], union_by_name=true)), \
+                (SELECT count(*) FROM delta_scan({table}))",
+        files.join(", ")
+    )) else {
+        return;
+    };
+    let row = &q.rows[0];
+    assert!(row[0].as_u64().unwrap() > 0);
+    assert_eq!(row[0], row[1], "the new column's values");
+    assert_eq!(row[2].as_u64().unwrap(), manifest.streams["users"].rows());
+    assert_readers_agree(&lake, root.to_str().unwrap()).await;
+}
+
+/// Every action of a table's log, oldest first (JSON commits only).
+async fn log_actions(lake: &LakeStore, stream: &str) -> Vec<Value> {
+    let version = Table::open(lake, stream).await.unwrap().version().unwrap();
+    let mut out = Vec::new();
+    for v in 0..=version {
+        let path = lake.path(&format!("{stream}/{LOG_DIR}/{v:020}.json"));
+        let bytes = lake.store.get(&path).await.unwrap().bytes().await.unwrap();
+        for line in String::from_utf8(bytes.to_vec()).unwrap().lines() {
+            out.push(serde_json::from_str(line).unwrap());
+        }
+    }
+    out
 }
