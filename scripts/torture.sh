@@ -144,6 +144,16 @@ skip() { NOTES[$1]="skipped: $2"; }
 rand() { R=$(((RANDOM * 32768 + RANDOM) % $1)); }
 ms() { awk -v m="$1" 'BEGIN { printf "%.3f", m / 1000 }'; }
 
+# await_file FILE PID WHAT LOG: wait up to 10 s for the background process PID to write
+# FILE (its address); die with its LOG if it exits first.
+await_file() {
+    for _ in $(seq 1 200); do
+        [[ -s $1 ]] && return
+        kill -0 "$2" 2>/dev/null || die "$3 exited: $(cat "$4")"
+        sleep 0.05
+    done
+}
+
 # start_fake NAME [fake-api flags...]: a fake-api in the background; sets FAKE_URL, FAKE_PID.
 start_fake() {
     local name="$1" out
@@ -152,11 +162,7 @@ start_fake() {
     "$BIN" fake-api --port 0 --api-key "$KEY" "${DATA[@]}" "$@" >"$out" 2>"$W/logs/fake-$name.log" &
     FAKE_PID=$!
     PIDS+=("$FAKE_PID")
-    for _ in $(seq 1 200); do
-        [[ -s $out ]] && break
-        kill -0 "$FAKE_PID" 2>/dev/null || die "fake-api $name exited: $(cat "$W/logs/fake-$name.log")"
-        sleep 0.05
-    done
+    await_file "$out" "$FAKE_PID" "fake-api $name" "$W/logs/fake-$name.log"
     FAKE_URL="$(head -n 1 "$out")"
 }
 stop_fake() {
@@ -175,11 +181,7 @@ start_proxy() {
         >"$W/logs/proxy-$name.log" 2>&1 </dev/null &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
-    for _ in $(seq 1 200); do
-        [[ -s $port_file ]] && break
-        kill -0 "$PROXY_PID" 2>/dev/null || die "s3_fault_proxy.py exited: $(cat "$W/logs/proxy-$name.log")"
-        sleep 0.05
-    done
+    await_file "$port_file" "$PROXY_PID" s3_fault_proxy.py "$W/logs/proxy-$name.log"
     PROXY_URL="http://127.0.0.1:$(<"$port_file")"
 }
 stop_proxy() {

@@ -26,6 +26,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
 use crate::manifest::LiveFile;
+use crate::sink::stats::instant_bound;
 use crate::sink::{Created, LakeStore};
 
 /// The folder of a table's log, inside the stream's folder.
@@ -596,8 +597,7 @@ fn partition_type(name: &str) -> &'static str {
 
 /// The file's statistics: its row count and the column statistics its writer took; for a
 /// file written by an earlier run (when a table is built or repaired from the manifest), the
-/// range of its cursor column (milliseconds, widened outward, as Delta readers compare
-/// timestamps in milliseconds).
+/// range of its cursor column.
 fn stats(f: &LiveFile, cursor_field: Option<&str>) -> String {
     if let Some(Value::Object(columns)) = &f.file.column_stats {
         let mut s = columns.clone();
@@ -605,15 +605,11 @@ fn stats(f: &LiveFile, cursor_field: Option<&str>) -> String {
         return Value::Object(s).to_string();
     }
     let mut s = json!({"numRecords": f.file.rows});
-    if let (Some(c), Some(min), Some(max)) = (cursor_field, f.file.min_cursor, f.file.max_cursor) {
-        let ms = |micros: i64| {
-            DateTime::from_timestamp_millis(micros)
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        };
-        if let (Some(lo), Some(hi)) = (ms(min.div_euclid(1000)), ms((max + 999).div_euclid(1000))) {
-            s["minValues"] = json!({ c: lo });
-            s["maxValues"] = json!({ c: hi });
-        }
+    if let (Some(c), Some(min), Some(max)) = (cursor_field, f.file.min_cursor, f.file.max_cursor)
+        && let (Some(lo), Some(hi)) = (instant_bound(min, false), instant_bound(max, true))
+    {
+        s["minValues"] = json!({ c: lo });
+        s["maxValues"] = json!({ c: hi });
     }
     s.to_string()
 }

@@ -2,7 +2,7 @@
 
 pub mod bucket;
 pub mod merge;
-mod stats;
+pub mod stats;
 pub mod store;
 pub mod writer;
 

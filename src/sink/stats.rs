@@ -142,17 +142,22 @@ fn leaf(meta: &ParquetMetaData, column: usize, t: &DataType) -> Option<Leaf> {
     Some(out)
 }
 
-/// A bound as Delta statistics hold it; instants widened to whole milliseconds (`upper`:
-/// rounded up).
+/// An instant (µs) as Delta statistics hold it: whole milliseconds, widened outward
+/// (`upper`: rounded up), as Delta readers compare instants in milliseconds.
+pub fn instant_bound(micros: i64, upper: bool) -> Option<Value> {
+    let ms = match upper {
+        true => (micros + 999).div_euclid(1000),
+        false => micros.div_euclid(1000),
+    };
+    let t = DateTime::from_timestamp_millis(ms)?;
+    Some(json!(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()))
+}
+
+/// A bound as Delta statistics hold it ([`instant_bound`] for instants).
 fn json_bound(b: Bound, t: &DataType, upper: bool) -> Option<Value> {
     match (b, t) {
         (Bound::Int(micros), DataType::Timestamp(TimeUnit::Microsecond, _)) => {
-            let ms = match upper {
-                true => (micros + 999).div_euclid(1000),
-                false => micros.div_euclid(1000),
-            };
-            let t = DateTime::from_timestamp_millis(ms)?;
-            Some(json!(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()))
+            instant_bound(micros, upper)
         }
         (Bound::Int(n), _) => Some(json!(n)),
         (Bound::Float(x), _) => Some(json!(x)),

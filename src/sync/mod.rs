@@ -320,7 +320,8 @@ impl Run {
             }
             state.last_run = Some(self.run_id.clone());
             let cursor = state.cursor;
-            let committed = state.clone();
+            // The Delta projection needs the committed state; plain lakes skip the copy.
+            let committed = delta.then(|| state.clone());
             next.commit(&self.lake, &self.run_id, &self.fence).await?;
             let version = next.version;
             *manifest = next;
@@ -331,7 +332,7 @@ impl Run {
                 tracing::warn!(path, error = %e, "could not delete a superseded file; the next run removes it");
             }
         }
-        if delta {
+        if let Some(committed) = committed {
             self.project(stream, &committed, version, "commit").await;
         }
         Ok(cursor)
@@ -686,10 +687,10 @@ async fn remove_garbage(
         let Ok(objects) = lake.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
             continue;
         };
+        let delta_log = format!("{}/{}/", s.name, crate::delta::LOG_DIR);
         for o in objects {
             let relative = lake.relative(&o.location);
-            let delta_log = relative.starts_with(&format!("{}/{}/", s.name, crate::delta::LOG_DIR));
-            if delta_log || live.contains(relative.as_str()) {
+            if relative.starts_with(&delta_log) || live.contains(relative.as_str()) {
                 continue;
             }
             if !o.location.filename().is_some_and(own_file_name) {

@@ -141,13 +141,14 @@ async fn assert_readers_agree(lake: &LakeStore, root: &str) {
     }
 }
 
-/// A fake and a new local lake, when the readers are at hand.
-struct Setup {
-    fake: FakeIterable,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    lake: LakeStore,
-}
+/// A fake, the temporary folder (kept while the test runs), the lake's folder in it and the
+/// lake, when the readers are at hand.
+type Setup = (
+    FakeIterable,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    LakeStore,
+);
 
 async fn setup(seed: u64) -> Option<Setup> {
     if !support::duckdb_available() && !support::in_ci() {
@@ -158,23 +159,12 @@ async fn setup(seed: u64) -> Option<Setup> {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");
     let lake = LakeStore::open(root.to_str().unwrap()).unwrap();
-    Some(Setup {
-        fake,
-        _dir: dir,
-        root,
-        lake,
-    })
+    Some((fake, dir, root, lake))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stream_is_a_delta_table_its_readers_agree_on() {
-    let Some(Setup {
-        fake,
-        _dir,
-        root,
-        lake,
-    }) = setup(51).await
-    else {
+    let Some((fake, _dir, root, lake)) = setup(51).await else {
         return;
     };
     let first = fake.midpoint();
@@ -278,13 +268,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_behind_its_manifest_is_reconciled_by_the_next_run() {
-    let Some(Setup {
-        fake,
-        _dir,
-        root,
-        lake,
-    }) = setup(52).await
-    else {
+    let Some((fake, _dir, root, lake)) = setup(52).await else {
         return;
     };
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
@@ -304,13 +288,7 @@ async fn a_table_behind_its_manifest_is_reconciled_by_the_next_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_start_from_the_checkpoint_every_tenth_version_writes() {
-    let Some(Setup {
-        fake,
-        _dir,
-        root,
-        lake,
-    }) = setup(53).await
-    else {
+    let Some((fake, _dir, root, lake)) = setup(53).await else {
         return;
     };
     // Runs every few hours, each re-reading its day: a version or more each.
@@ -377,13 +355,7 @@ async fn delta_tables_on_s3_read_alike_with_every_reader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_during_a_sync_sees_only_committed_versions() {
-    let Some(Setup {
-        fake: _,
-        _dir,
-        root,
-        lake,
-    }) = setup(55).await
-    else {
+    let Some((_, _dir, root, lake)) = setup(55).await else {
         return;
     };
     // A slow API, so the second night's replacing commits come while the reader reads.
@@ -434,13 +406,7 @@ async fn a_reader_during_a_sync_sees_only_committed_versions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_lake_becomes_delta_and_back_keeping_every_row() {
-    let Some(Setup {
-        fake,
-        _dir,
-        root,
-        lake,
-    }) = setup(56).await
-    else {
+    let Some((fake, _dir, root, lake)) = setup(56).await else {
         return;
     };
     let night = |now: DateTime<Utc>, format: TableFormat| {
@@ -489,13 +455,7 @@ async fn a_plain_lake_becomes_delta_and_back_keeping_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_custom_field_is_a_metadata_commit_and_older_files_read_as_nulls() {
-    let Some(Setup {
-        fake,
-        _dir,
-        root,
-        lake,
-    }) = setup(57).await
-    else {
+    let Some((fake, _dir, root, lake)) = setup(57).await else {
         return;
     };
     // The fake's users gain the custom field `loyaltyTier` after its midpoint.
