@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -138,6 +137,12 @@ impl Table {
     /// The table's version, `None` before its first commit.
     pub fn version(&self) -> Option<u64> {
         self.version
+    }
+
+    /// The paths of the table's live files, relative to the lake's root (as the manifest names
+    /// them).
+    pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.files.keys().map(|p| format!("{}/{p}", self.dir))
     }
 
     /// Whether this tool wrote the table: its log holds a `txn` of [`APP_ID`].
@@ -513,15 +518,28 @@ impl Table {
         let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
             .build_decoder()
             .map_err(|e| fail(e.to_string()))?;
-        decoder.decode(&lines).map_err(|e| fail(e.to_string()))?;
-        let batch = decoder
-            .flush()
-            .map_err(|e| fail(e.to_string()))?
-            .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
         let mut out = Vec::new();
-        let mut writer =
-            ArrowWriter::try_new(&mut out, schema, None).map_err(|e| fail(e.to_string()))?;
-        writer.write(&batch).map_err(|e| fail(e.to_string()))?;
+        let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), None)
+            .map_err(|e| fail(e.to_string()))?;
+        // The decoder stops at each full batch (1,024 rows): feed it the rest until every
+        // action is in the checkpoint.
+        let mut rest = &lines[..];
+        let mut written = 0;
+        loop {
+            let used = decoder.decode(rest).map_err(|e| fail(e.to_string()))?;
+            rest = &rest[used..];
+            match decoder.flush().map_err(|e| fail(e.to_string()))? {
+                Some(batch) => {
+                    written += batch.num_rows();
+                    writer.write(&batch).map_err(|e| fail(e.to_string()))?;
+                }
+                None if rest.is_empty() => break,
+                None => return Err(fail("the decoder took no action".to_string())),
+            }
+        }
+        if written != rows {
+            return Err(fail(format!("{written} of {rows} actions decoded")));
+        }
         writer.close().map_err(|e| fail(e.to_string()))?;
         let write = |source| DeltaError::Write {
             table: self.dir.clone(),

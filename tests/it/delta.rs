@@ -3,15 +3,17 @@
 //! row for row, across runs that replace partitions, with time travel to an older version,
 //! checkpoints, and retired files kept for the retention, then vacuumed.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use chrono::{DateTime, Duration, Utc};
 use iterable_lake::catalog::{self, StreamDef};
-use iterable_lake::delta::{CHECKPOINT_EVERY, LOG_DIR, Table, TableFormat};
+use iterable_lake::convert::StreamSchema;
+use iterable_lake::delta::{CHECKPOINT_EVERY, LOG_DIR, Projection, Table, TableFormat};
 use iterable_lake::fake::{FakeConfig, FakeIterable};
-use iterable_lake::manifest::Manifest;
-use iterable_lake::sink::LakeStore;
+use iterable_lake::manifest::{LiveFile, Manifest};
+use iterable_lake::sink::{LakeStore, WrittenFile, date_partition};
 use iterable_lake::state;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use object_store::ObjectStoreExt;
@@ -518,4 +520,66 @@ async fn log_actions(lake: &LakeStore, stream: &str) -> Vec<Value> {
         }
     }
     out
+}
+
+/// A table of more live files than one batch of the checkpoint's JSON decoder (1,024): the
+/// checkpoint holds every one of them, so a reader that starts from it misses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_a_table_with_thousands_of_files_holds_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let def = catalog::find("email_send").unwrap();
+    let schema = StreamSchema::parse(def.name, def.schema, def.is_event()).unwrap();
+    // 2,500 files, and each version adds one more.
+    let live = |version: u64| -> Vec<LiveFile> {
+        (0..2_500 + version as i64)
+            .map(|i| {
+                let partition = date_partition(19_000 + i);
+                LiveFile {
+                    file: WrittenFile {
+                        path: format!("email_send/{partition}/part-{i}.parquet"),
+                        partition,
+                        rows: 10,
+                        bytes: 1_000,
+                        min_cursor: None,
+                        max_cursor: None,
+                        column_stats: None,
+                    },
+                    run: format!("run-{version}"),
+                }
+            })
+            .collect()
+    };
+    let mut table = Table::open(&lake, "email_send").await.unwrap();
+    for version in 0..=CHECKPOINT_EVERY {
+        let files = live(version);
+        let p = Projection {
+            schema: &schema.arrow,
+            description: "email_send",
+            files: &files,
+            cursor_field: Some("createdAt"),
+            manifest_version: version + 1,
+            run_id: "test",
+            operation: "commit",
+        };
+        assert_eq!(table.project(&lake, &p).await.unwrap(), Some(version));
+    }
+    let log = dir.path().join("email_send").join(LOG_DIR);
+    assert!(
+        log.join(format!("{CHECKPOINT_EVERY:020}.checkpoint.parquet"))
+            .is_file()
+    );
+    // Only the checkpoint is left to read the table from.
+    for v in 0..=CHECKPOINT_EVERY {
+        std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
+    }
+    let want: BTreeSet<String> = live(CHECKPOINT_EVERY)
+        .into_iter()
+        .map(|f| f.file.path)
+        .collect();
+    let read = Table::open(&lake, "email_send").await.unwrap();
+    assert_eq!(read.version(), Some(CHECKPOINT_EVERY));
+    let got: BTreeSet<String> = read.paths().collect();
+    assert_eq!(got.len(), want.len(), "files the checkpoint holds");
+    assert_eq!(got, want);
 }
