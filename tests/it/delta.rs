@@ -178,6 +178,10 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
         .version()
         .unwrap();
     let rows1 = Manifest::load(&lake).await.unwrap().streams["email_send"].rows();
+    let table = root.join("email_send");
+    let table_sql = sql_str(table.to_str().unwrap());
+    let night1 = duckdb_digest(&format!("delta_scan({table_sql})"), "_event_id").unwrap();
+    assert_eq!(night1.0, rows1);
     // `state` names each table's version.
     let mut summary = state::summarize("lake", &Manifest::load(&lake).await.unwrap());
     state::add_delta_versions(&lake, &mut summary).await;
@@ -228,7 +232,6 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
         .iter()
         .map(|f| sql_str(root.join(&f.file.path).to_str().unwrap()))
         .collect();
-    let table_sql = sql_str(root.join("email_send").to_str().unwrap());
     for at in [
         "2024-01-01 12:00:00",
         "2024-01-02 06:30:00",
@@ -247,12 +250,27 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
             "createdAt >= {at}"
         );
     }
-    // Time travel: the first night's version still reads as the first night's data.
-    let table = root.join("email_send");
+    // Time travel: the first night's version still reads as the first night's data, event
+    // for event, with every reader; the latest version differs from it.
+    assert_ne!(
+        duckdb_digest(&format!("delta_scan({table_sql})"), "_event_id").unwrap(),
+        night1
+    );
+    assert_eq!(
+        duckdb_digest(
+            &format!("delta_scan({table_sql}, version => {v1})"),
+            "_event_id"
+        )
+        .unwrap(),
+        night1,
+        "DuckDB delta_scan(version => {v1})"
+    );
     let old = python_readers(table.to_str().unwrap(), Some(v1), "_event_id").unwrap();
     assert_eq!(old["deltalake"]["version"], v1);
-    assert_eq!(old["deltalake"]["rows"], rows1);
-    assert_eq!(old["polars"]["rows"], rows1);
+    for reader in ["deltalake", "polars"] {
+        assert_eq!(old[reader]["rows"], rows1, "{reader}");
+        assert_eq!(old[reader]["ids"], night1.1.as_str(), "{reader}");
+    }
 
     // A run with no retention vacuums the retired files; readers still agree.
     sync_at(&fake, &lake, t(END), Duration::zero()).await;
