@@ -583,7 +583,7 @@ async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
     let report = report?;
     print!("{}", summary(&report));
     println!(
-        "\nQuery it with DuckDB:\n  duckdb -c \"SELECT date, count(*) FROM read_parquet('{}/email_send/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY 1\"",
+        "\nQuery it with DuckDB (each stream is a Delta table):\n  duckdb -c \"INSTALL delta; LOAD delta; SELECT date, count(*) FROM delta_scan('{}/email_send') GROUP BY ALL ORDER BY 1\"",
         args.dest.trim_end_matches('/')
     );
     Ok(exit_code(&report))

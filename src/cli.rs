@@ -201,7 +201,7 @@ pub struct SyncArgs {
     /// manifest, then exit: no API request, nothing written.
     #[arg(long)]
     pub dry_run: bool,
-    /// Plain Parquet folders, or each stream a Delta table as well [default: parquet].
+    /// Each stream a Delta table, or plain Parquet folders for glob readers [default: delta].
     #[arg(long, value_enum)]
     pub table_format: Option<TableFormatArg>,
     /// Days that files a Delta commit replaced stay for readers of older versions [default: 7].

@@ -67,10 +67,10 @@ pub enum DeltaError {
 pub enum TableFormat {
     /// Each stream is also a Delta table (`_delta_log/`); replaced files stay for a
     /// retention period, for readers of older versions.
+    #[default]
     Delta,
     /// Plain hive-style Parquet folders for glob readers; replaced files are deleted right
     /// after the commit that retires them.
-    #[default]
     Parquet,
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::TryStreamExt;
 use iterable_lake::api::{ApiClient, ApiError, Family};
 use iterable_lake::catalog::{self, StreamDef, SyncMode};
 use iterable_lake::convert::{Decoder, StreamSchema};
@@ -17,7 +16,7 @@ use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
 use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 
-use crate::lake::{fake_client, live_batches};
+use crate::lake::{assert_only_named_files, fake_client, live_batches};
 use crate::support;
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -116,26 +115,6 @@ async fn lake_contents(
     (ids, counts)
 }
 
-/// Every object under the stream's folder is a live file: glob readers see exactly the data.
-async fn assert_no_stray_files(lake: &LakeStore, stream: &StreamDef) {
-    let manifest = Manifest::load(lake).await.unwrap();
-    let mut live: Vec<String> = manifest
-        .streams
-        .get(stream.name)
-        .map(|s| s.files.iter().map(|f| f.file.path.clone()).collect())
-        .unwrap_or_default();
-    live.sort();
-    let mut found: Vec<String> = lake
-        .store
-        .list(Some(&lake.path(stream.name)))
-        .map_ok(|m| lake.relative(&m.location))
-        .try_collect()
-        .await
-        .unwrap();
-    found.sort();
-    assert_eq!(found, live, "{}", stream.name);
-}
-
 async fn assert_exact(
     fake: &FakeIterable,
     lake: &LakeStore,
@@ -152,7 +131,7 @@ async fn assert_exact(
         "{}: records differ from the fake's ground truth",
         stream.name
     );
-    assert_no_stray_files(lake, stream).await;
+    assert_only_named_files(lake, &Manifest::load(lake).await.unwrap(), stream.name).await;
 }
 
 const START: &str = "2024-01-01T00:00:00Z";
@@ -656,7 +635,7 @@ async fn a_short_reread_is_not_committed_and_is_read_again_next_run() {
         before,
         "the live rows stay"
     );
-    assert_no_stray_files(&lake, send).await;
+    assert_only_named_files(&lake, &Manifest::load(&lake).await.unwrap(), send.name).await;
     let manifest = Manifest::load(&lake).await.unwrap();
     assert_eq!(manifest.streams["email_send"].quarantine.len(), 1);
 

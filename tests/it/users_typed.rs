@@ -196,9 +196,9 @@ async fn custom_fields_land_typed_and_a_new_field_is_a_new_column_in_new_files_o
 
     let sql = format!(
         "SELECT typeof(loyaltyTier), typeof(customScore), typeof(shoppingCart), \
-         count(loyaltyTier), count(*) FROM read_parquet({}, union_by_name=true, hive_partitioning=true) \
+         count(loyaltyTier), count(*) FROM delta_scan({}) \
          GROUP BY ALL",
-        support::sql_str(&format!("{}/users/**/*.parquet", dir.path().display()))
+        support::sql_str(&format!("{}/users", dir.path().display()))
     );
     let Some(result) = support::duckdb(&sql) else {
         return;
@@ -316,8 +316,8 @@ async fn deduped_users_on_local_disk() {
     );
     let sql = format!(
         "SELECT count(*), count(DISTINCT email), count(DISTINCT bucket) \
-         FROM read_parquet({}, union_by_name=true, hive_partitioning=true)",
-        support::sql_str(&format!("{}/users/**/*.parquet", dir.path().display()))
+         FROM delta_scan({})",
+        support::sql_str(&format!("{}/users", dir.path().display()))
     );
     let Some(result) = support::duckdb(&sql) else {
         return;
