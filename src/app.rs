@@ -350,6 +350,23 @@ pub fn summary(report: &RunReport) -> String {
             yes_no(s.commits > 0)
         );
     }
+    let cursorless: Vec<String> = report
+        .streams
+        .iter()
+        .filter(|s| s.rows_without_cursor > 0)
+        .map(|s| {
+            format!(
+                "{} {} ({} new)",
+                s.stream, s.rows_without_cursor, s.new_rows_without_cursor
+            )
+        })
+        .collect();
+    if !cursorless.is_empty() {
+        out += &format!(
+            "rows without a cursor (kept once each in date=__HIVE_DEFAULT_PARTITION__): {}\n",
+            cursorless.join(", ")
+        );
+    }
     out += &format!(
         "run {}: {} requests, {} retries, {} rate-limited; report in {}/_runs/{}.json\n",
         report.run_id,
@@ -829,6 +846,8 @@ mod tests {
             windows: 2,
             window_retries: 0,
             malformed_lines: 0,
+            rows_without_cursor: 0,
+            new_rows_without_cursor: 0,
             commits,
             cursor: None,
             behind_seconds: None,

@@ -1,0 +1,247 @@
+//! Real data's shapes the fake sends on request, end to end: export rows without a readable
+//! cursor (no `createdAt`, or one that is no instant) are kept exactly once whatever windows
+//! read them again, in every sync mode and table format, read back by DuckDB.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use iterable_lake::catalog::{self, SyncMode};
+use iterable_lake::delta::TableFormat;
+use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::manifest::Manifest;
+use iterable_lake::sink::LakeStore;
+use iterable_lake::state;
+use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
+
+use crate::lake::{fake_client, live_batches};
+use crate::support::{self, sql_str};
+
+const START: &str = "2024-01-01T00:00:00Z";
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// A fake whose exports send one record in ten without a readable cursor.
+async fn cursorless_fake() -> FakeIterable {
+    let mut cfg = FakeConfig::small(14);
+    cfg.faults.cursorless_every = Some(10);
+    FakeIterable::start(cfg).await.unwrap()
+}
+
+async fn sync_at(
+    fake: &FakeIterable,
+    lake: &LakeStore,
+    streams: &[&str],
+    now: &str,
+    mode: Option<SyncMode>,
+    format: TableFormat,
+) -> RunReport {
+    fake.set_now(t(now));
+    let mut o = SyncOptions::new(streams.iter().map(|s| catalog::find(s).unwrap()).collect());
+    o.start = Some(t(START));
+    o.now = t(now);
+    o.lag = Duration::zero();
+    o.mode = mode;
+    o.table_format = format;
+    let report = sync::run(lake.clone(), fake_client(fake, 8), o)
+        .await
+        .unwrap();
+    for s in &report.streams {
+        assert_eq!(s.status, StreamStatus::Succeeded, "{s:?}");
+    }
+    report
+}
+
+/// The `_event_id`s of the stream's live rows without a cursor, with their copies.
+async fn cursorless_ids(lake: &LakeStore, stream: &str) -> BTreeMap<String, u64> {
+    let mut ids = BTreeMap::new();
+    for (f, batches) in live_batches(lake, stream).await {
+        if !f
+            .file
+            .partition
+            .ends_with("date=__HIVE_DEFAULT_PARTITION__")
+        {
+            continue;
+        }
+        for b in batches {
+            let column = b.column_by_name("_event_id").unwrap();
+            let column = arrow::array::AsArray::as_string::<i32>(column);
+            for id in column.iter().flatten() {
+                *ids.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    ids
+}
+
+/// DuckDB over the lake's `stream`: rows, distinct `_event_id`s, rows whose `date` is null.
+fn duckdb_counts(root: &str, stream: &str, format: TableFormat) -> Option<(i64, i64, i64)> {
+    let from = match format {
+        TableFormat::Delta => format!("delta_scan({})", sql_str(&format!("{root}/{stream}"))),
+        TableFormat::Parquet => format!(
+            "read_parquet({}, hive_partitioning = true)",
+            sql_str(&format!("{root}/{stream}/**/*.parquet"))
+        ),
+    };
+    let q = support::duckdb(&format!(
+        "SELECT count(*), count(DISTINCT _event_id), count(*) FILTER (WHERE date IS NULL) \
+         FROM {from}"
+    ))?;
+    let row = &q.rows[0];
+    Some((
+        row[0].as_i64().unwrap(),
+        row[1].as_i64().unwrap(),
+        row[2].as_i64().unwrap(),
+    ))
+}
+
+/// Two incremental runs whose windows start on different days (the second re-reads from
+/// the day before the first one's cursor) keep each row without a cursor once: the same
+/// rows as one full refresh of the whole range.
+async fn overlapping_runs_keep_cursorless_rows_once(format: TableFormat) {
+    let fake = cursorless_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap().to_string();
+    let lake = LakeStore::open(&root).unwrap();
+    let streams = ["email_send", "users"];
+    let first = sync_at(&fake, &lake, &streams, "2024-01-03T12:00:00Z", None, format).await;
+    let second = sync_at(&fake, &lake, &streams, "2024-01-05T00:00:00Z", None, format).await;
+    let email_send = |r: &RunReport| {
+        r.streams
+            .iter()
+            .find(|s| s.stream == "email_send")
+            .cloned()
+            .unwrap()
+    };
+    let (r1, r2) = (email_send(&first), email_send(&second));
+    assert!(r1.rows_without_cursor > 0, "{r1:?}");
+    assert_eq!(r1.new_rows_without_cursor, r1.rows_without_cursor);
+    assert!(
+        r2.new_rows_without_cursor < r2.rows_without_cursor,
+        "the second run read rows of the first again: {r2:?}"
+    );
+
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = LakeStore::open(reference_dir.path().to_str().unwrap()).unwrap();
+    let refresh = sync_at(
+        &fake,
+        &reference,
+        &streams[..1],
+        "2024-01-05T00:00:00Z",
+        Some(SyncMode::FullRefreshOverwrite),
+        format,
+    )
+    .await;
+    let ids = cursorless_ids(&lake, "email_send").await;
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
+    assert_eq!(ids, cursorless_ids(&reference, "email_send").await);
+    assert_eq!(
+        refresh.streams[0].rows_without_cursor,
+        ids.len() as u64,
+        "{:?}",
+        refresh.streams[0]
+    );
+
+    let manifest = Manifest::load(&lake).await.unwrap();
+    let truth: u64 = fake
+        .truth_counts("emailSend", t(START), t("2024-01-05T00:00:00Z"))
+        .values()
+        .sum();
+    assert_eq!(manifest.streams["email_send"].rows(), truth);
+    let summary = state::summarize(&root, &manifest);
+    let email_send = summary
+        .streams
+        .iter()
+        .find(|s| s.stream == "email_send")
+        .unwrap();
+    assert_eq!(email_send.rows_without_cursor, ids.len() as u64);
+    assert!(
+        state::render(&summary).contains(&format!(
+            "rows without a cursor (kept once each in date=__HIVE_DEFAULT_PARTITION__): email_send {}",
+            ids.len()
+        )),
+        "{}",
+        state::render(&summary)
+    );
+    let json = serde_json::to_value(&summary).unwrap();
+    let stream = json["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "email_send")
+        .unwrap();
+    assert_eq!(stream["rows_without_cursor"], ids.len() as u64);
+
+    // Users without a readable `profileUpdatedAt`: each version of a profile once.
+    let users = support::duckdb(&format!(
+        "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT * EXCLUDE (_extracted_at) \
+         FROM read_parquet({glob}))) FROM read_parquet({glob})",
+        glob = sql_str(&format!(
+            "{root}/users/date=__HIVE_DEFAULT_PARTITION__/*.parquet"
+        ))
+    ));
+    if let Some(users) = users {
+        let (rows, distinct) = (&users.rows[0][0], &users.rows[0][1]);
+        assert!(rows.as_i64().unwrap() > 0);
+        assert_eq!(rows, distinct);
+    }
+
+    let Some((rows, distinct, null_date)) = duckdb_counts(&root, "email_send", format) else {
+        return;
+    };
+    assert_eq!(
+        (rows, distinct, null_date),
+        (truth as i64, truth as i64, ids.len() as i64)
+    );
+}
+
+#[tokio::test]
+async fn overlapping_incremental_runs_keep_each_row_without_a_cursor_once() {
+    overlapping_runs_keep_cursorless_rows_once(TableFormat::Parquet).await;
+}
+
+#[tokio::test]
+async fn a_delta_table_keeps_each_row_without_a_cursor_once() {
+    overlapping_runs_keep_cursorless_rows_once(TableFormat::Delta).await;
+}
+
+/// Full refreshes read every row once and replace the rows without a cursor with the rest:
+/// in overwrite mode the stream holds them once, in append mode each snapshot does.
+#[tokio::test]
+async fn full_refreshes_keep_each_row_without_a_cursor_once() {
+    let fake = cursorless_fake().await;
+    for mode in [SyncMode::FullRefreshOverwrite, SyncMode::FullRefreshAppend] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap().to_string();
+        let lake = LakeStore::open(&root).unwrap();
+        let mut read = 0;
+        for now in ["2024-01-05T00:00:00Z", "2024-01-06T00:00:00Z"] {
+            let report = sync_at(
+                &fake,
+                &lake,
+                &["email_send"],
+                now,
+                Some(mode),
+                TableFormat::Parquet,
+            )
+            .await;
+            read = report.streams[0].rows_without_cursor;
+            assert!(read > 0, "{mode}: {:?}", report.streams[0]);
+        }
+        let ids = cursorless_ids(&lake, "email_send").await;
+        let snapshots = match mode {
+            SyncMode::FullRefreshAppend => 2,
+            _ => 1,
+        };
+        assert_eq!(ids.len() as u64, read, "{mode}");
+        assert!(ids.values().all(|&n| n == snapshots), "{mode}: {ids:?}");
+        let Some((rows, distinct, null_date)) =
+            duckdb_counts(&root, "email_send", TableFormat::Parquet)
+        else {
+            continue;
+        };
+        assert_eq!(rows, distinct * snapshots as i64, "{mode}");
+        assert_eq!(null_date, read as i64 * snapshots as i64, "{mode}");
+    }
+}
