@@ -106,6 +106,10 @@ pub struct Faults {
     /// users) and with one that is no instant (`"unknown"`). The fake still files the record
     /// under its real instant, so the windows that serve it do not change.
     pub cursorless_every: Option<u32>,
+    /// `campaigns/metrics` answers the request that asks for the lowest campaign id with one
+    /// more row: the metrics of that campaign under this id, which no `GET /api/campaigns`
+    /// lists and nobody asked for (a response may name such a campaign).
+    pub unasked_metrics_campaign: Option<i64>,
 }
 
 /// A response cut off after `after_bytes` body bytes, for the first `first_requests`
@@ -142,6 +146,7 @@ impl Default for Faults {
             latency: None,
             rejected_data_types: Vec::new(),
             cursorless_every: None,
+            unasked_metrics_campaign: None,
         }
     }
 }

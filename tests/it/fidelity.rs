@@ -1,9 +1,12 @@
 //! Real data's shapes the fake sends on request, end to end: export rows without a readable
 //! cursor (no `createdAt`, or one that is no instant) are kept exactly once whatever windows
-//! read them again, in every sync mode and table format, read back by DuckDB.
+//! read them again, in every sync mode and table format, read back by DuckDB; a metrics row
+//! of a campaign nobody asked for is kept.
 
 use std::collections::BTreeMap;
 
+use arrow::array::Array;
+use arrow::datatypes::Int64Type;
 use chrono::{DateTime, Duration, Utc};
 use iterable_lake::catalog::{self, SyncMode};
 use iterable_lake::delta::TableFormat;
@@ -244,4 +247,56 @@ async fn full_refreshes_keep_each_row_without_a_cursor_once() {
         assert_eq!(rows, distinct * snapshots as i64, "{mode}");
         assert_eq!(null_date, read as i64 * snapshots as i64, "{mode}");
     }
+}
+
+/// A `campaigns/metrics` answer naming a campaign the request did not ask for (and that
+/// `GET /api/campaigns` does not list): its row is kept, typed, with the others.
+#[tokio::test]
+async fn a_metrics_row_of_a_campaign_not_asked_for_is_kept() {
+    const UNASKED: i64 = 987_654_321;
+    let mut cfg = FakeConfig::small(14);
+    cfg.faults.unasked_metrics_campaign = Some(UNASKED);
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    sync_at(
+        &fake,
+        &lake,
+        &["campaigns_metrics"],
+        "2024-01-04T00:00:00Z",
+        None,
+        TableFormat::Parquet,
+    )
+    .await;
+    let listed: Vec<i64> = fake
+        .truth_campaigns()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert!(!listed.contains(&UNASKED));
+    let mut want = listed.clone();
+    want.push(UNASKED);
+    want.sort_unstable();
+    let mut got = Vec::new();
+    let mut sends_of = BTreeMap::new();
+    for (_, batches) in live_batches(&lake, "campaigns_metrics").await {
+        for b in batches {
+            let ids = b.column_by_name("id").unwrap();
+            let ids = arrow::array::AsArray::as_primitive::<Int64Type>(ids);
+            let sends = b.column_by_name("total_email_sends").unwrap();
+            let sends = arrow::array::AsArray::as_primitive::<Int64Type>(sends);
+            assert_eq!(
+                b.column_by_name("_extra").unwrap().null_count(),
+                b.num_rows()
+            );
+            for i in 0..b.num_rows() {
+                got.push(ids.value(i));
+                sends_of.insert(ids.value(i), sends.is_valid(i).then(|| sends.value(i)));
+            }
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, want);
+    // The fake answers with the first campaign's metrics under the id nobody asked for.
+    assert_eq!(sends_of[&UNASKED], sends_of[&listed[0]]);
 }
