@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use arrow::array::Array;
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use chrono::{DateTime, Duration, Utc};
 use iterable_lake::catalog::{self, SyncMode};
 use iterable_lake::delta::TableFormat;
@@ -299,4 +299,62 @@ async fn a_metrics_row_of_a_campaign_not_asked_for_is_kept() {
     assert_eq!(got, want);
     // The fake answers with the first campaign's metrics under the id nobody asked for.
     assert_eq!(sends_of[&UNASKED], sends_of[&listed[0]]);
+}
+
+/// Fields other connectors' schemas list (see the README's schema paragraph), sent by the
+/// fake, land in typed columns and never in `_extra`.
+#[tokio::test]
+async fn fields_other_connectors_list_land_typed() {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let fields: [(&str, &str, DataType); 12] = [
+        ("email_unsubscribe", "channelId", DataType::Int64),
+        ("email_bounce", "eventName", DataType::Utf8),
+        ("email_click", "isBot", DataType::Boolean),
+        ("email_send", "espName", DataType::Utf8),
+        ("sms_send", "smsSendCount", DataType::Int64),
+        ("sms_send_skip", "transactionalData", DataType::Utf8),
+        ("push_open", "sentAt", ts.clone()),
+        ("in_app_send", "priorityLevel", DataType::Float64),
+        ("whatsapp_received", "receivedAt", ts),
+        ("whatsapp_received", "sanitized", DataType::Utf8),
+        ("users", "itblUserId", DataType::Utf8),
+        (
+            "users",
+            "userListIds",
+            DataType::new_list(DataType::Int64, true),
+        ),
+    ];
+    let fake = FakeIterable::start(FakeConfig::small(5)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let mut streams: Vec<&str> = fields.iter().map(|(s, _, _)| *s).collect();
+    streams.dedup();
+    sync_at(
+        &fake,
+        &lake,
+        &streams,
+        "2024-01-04T00:00:00Z",
+        None,
+        TableFormat::Parquet,
+    )
+    .await;
+    for (stream, field, data_type) in fields {
+        let mut typed = 0;
+        for (_, batches) in live_batches(&lake, stream).await {
+            for b in batches {
+                let column = b
+                    .column_by_name(field)
+                    .unwrap_or_else(|| panic!("{stream}.{field} is a column"));
+                assert_eq!(column.data_type(), &data_type, "{stream}.{field}");
+                typed += column.len() - column.null_count();
+                let extra = b.column_by_name("_extra").unwrap();
+                let extra = arrow::array::AsArray::as_string::<i32>(extra);
+                for e in extra.iter().flatten() {
+                    let e: serde_json::Value = serde_json::from_str(e).unwrap();
+                    assert!(e.get(field).is_none(), "{stream}.{field} in _extra: {e}");
+                }
+            }
+        }
+        assert!(typed > 0, "{stream}.{field} holds values");
+    }
 }
