@@ -306,7 +306,7 @@ async fn a_metrics_row_of_a_campaign_not_asked_for_is_kept() {
 #[tokio::test]
 async fn fields_other_connectors_list_land_typed() {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let fields: [(&str, &str, DataType); 12] = [
+    let fields: [(&str, &str, DataType); 14] = [
         ("email_unsubscribe", "channelId", DataType::Int64),
         ("email_bounce", "eventName", DataType::Utf8),
         ("email_click", "isBot", DataType::Boolean),
@@ -315,6 +315,8 @@ async fn fields_other_connectors_list_land_typed() {
         ("sms_send_skip", "transactionalData", DataType::Utf8),
         ("push_open", "sentAt", ts.clone()),
         ("in_app_send", "priorityLevel", DataType::Float64),
+        ("in_app_click", "sentAt", ts.clone()),
+        ("in_app_open", "expiresAt", ts.clone()),
         ("whatsapp_received", "receivedAt", ts),
         ("whatsapp_received", "sanitized", DataType::Utf8),
         ("users", "itblUserId", DataType::Utf8),
