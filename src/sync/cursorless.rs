@@ -88,7 +88,10 @@ impl StreamCtx<'_> {
     ) -> Result<Vec<WrittenFile>, String> {
         let identity = self.identity();
         let mut held: HashMap<Vec<u8>, u64> = HashMap::new();
-        for f in live.iter().filter(|f| is_cursorless(&f.file.partition)) {
+        // The dated layout's own partition: a snapshot's (`full-refresh-append`, which the
+        // first incremental commit retires) holds nothing this commit may count on.
+        let folder = format!("{}/{NO_CURSOR_PARTITION}/", self.stream.name);
+        for f in live.iter().filter(|f| f.file.path.starts_with(&folder)) {
             let columns: Vec<&str> = identity.iter().copied().collect();
             let columns = identity.is_some().then_some(&columns[..]);
             let mut batches = open(&self.run.lake, &f.file, columns).await?;

@@ -247,6 +247,32 @@ async fn full_refreshes_keep_each_row_without_a_cursor_once() {
         assert_eq!(rows, distinct * snapshots as i64, "{mode}");
         assert_eq!(null_date, read as i64 * snapshots as i64, "{mode}");
     }
+    // An incremental run after the snapshots retires them and keeps every row once.
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let append = Some(SyncMode::FullRefreshAppend);
+    let format = TableFormat::Parquet;
+    let refresh = sync_at(
+        &fake,
+        &lake,
+        &["email_send"],
+        "2024-01-05T00:00:00Z",
+        append,
+        format,
+    );
+    let read = refresh.await.streams[0].rows_without_cursor;
+    sync_at(
+        &fake,
+        &lake,
+        &["email_send"],
+        "2024-01-06T00:00:00Z",
+        None,
+        format,
+    )
+    .await;
+    let ids = cursorless_ids(&lake, "email_send").await;
+    assert_eq!(ids.len() as u64, read);
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
 }
 
 /// A `campaigns/metrics` answer naming a campaign the request did not ask for (and that
