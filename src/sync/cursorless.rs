@@ -10,8 +10,8 @@
 //! read holds beyond the live ones. So any sequence of windows that reads a row again (the
 //! settling window, units sized differently, a reset) keeps it once, and identical rows
 //! (identical malformed lines share an `_event_id`) keep the most copies one read held.
-//! The live rows are never rewritten: only their identities are read, and a commit adds at
-//! most one small file. A full refresh replaces the partition
+//! The live rows are never rewritten: only their identities are read (and held as 128-bit
+//! hashes), and a commit adds at most one small file. A full refresh replaces the partition
 //! with the rest of the stream, and `incremental-deduped` files rows by key, not by day.
 
 use std::collections::HashMap;
@@ -21,6 +21,7 @@ use arrow::compute::filter_record_batch;
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use futures::TryStreamExt;
+use xxhash_rust::xxh3::xxh3_128;
 
 use super::StreamCtx;
 use super::dedupe::{finish_or_abort, open};
@@ -87,14 +88,14 @@ impl StreamCtx<'_> {
         live: &[LiveFile],
     ) -> Result<Vec<WrittenFile>, String> {
         let identity = self.identity();
-        let mut held: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut held: HashMap<u128, u64> = HashMap::new();
         // The dated layout's own partition: a snapshot's (`full-refresh-append`, which the
         // first incremental commit retires) holds nothing this commit may count on.
         let folder = format!("{}/{NO_CURSOR_PARTITION}/", self.stream.name);
         for f in live.iter().filter(|f| f.file.path.starts_with(&folder)) {
-            let columns: Vec<&str> = identity.iter().copied().collect();
-            let columns = identity.is_some().then_some(&columns[..]);
-            let mut batches = open(&self.run.lake, &f.file, columns).await?;
+            let columns = identity.map(|c| [c]);
+            let mut batches =
+                open(&self.run.lake, &f.file, columns.as_ref().map(|c| &c[..])).await?;
             while let Some(batch) = batches
                 .try_next()
                 .await
@@ -136,8 +137,8 @@ impl StreamCtx<'_> {
 /// The identity of each row of `batch`: its `column`, or (`None`) every non-null value but
 /// `_extracted_at` with its column's name, in the order of the names (so a file written
 /// before a column was added, which lacks it, agrees with one holding it null); values in
-/// Arrow's row format, which orders and so tells apart every value of every type.
-fn identities(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<Vec<u8>>, ArrowError> {
+/// Arrow's row format, which orders and so tells apart every value of every type; hashed.
+fn identities(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<u128>, ArrowError> {
     let schema = batch.schema();
     let mut columns: Vec<(&str, &ArrayRef)> = schema
         .fields()
@@ -163,7 +164,7 @@ fn identities(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<Vec<u8>>,
             }
         }
     }
-    Ok(ids)
+    Ok(ids.iter().map(|id| xxh3_128(id)).collect())
 }
 
 /// The rows of `batch` beyond the copies `held` counts of their identity, each taking one
@@ -171,7 +172,7 @@ fn identities(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<Vec<u8>>,
 fn not_held(
     batch: &RecordBatch,
     identity: Option<&str>,
-    held: &mut HashMap<Vec<u8>, u64>,
+    held: &mut HashMap<u128, u64>,
 ) -> Result<RecordBatch, ArrowError> {
     let keep: BooleanArray = identities(batch, identity)?
         .into_iter()
@@ -203,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_read_keeps_the_copies_of_each_id_beyond_the_live_ones() {
-        let mut held: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut held: HashMap<u128, u64> = HashMap::new();
         for id in identities(&ids(&["a", "b"]), Some(EVENT_ID)).unwrap() {
             held.insert(id, 1);
         }
