@@ -32,6 +32,8 @@
 #                         split requests, yet two nightly runs converge (exit 0, exact)
 #   short-body            export bodies that end properly mid-line, then a clean run: exact
 #                         (a short body committed as complete would stay missing)
+#   cursorless            one record in 10 without a readable cursor: nights whose windows
+#                         start on other days and a killed run keep each record once
 #   empty-events          `events` synced, then a run while every list's getUsers fails
 #                         (stopped by SIGTERM after TORTURE_OUTAGE_SECS, default 10: the
 #                         client retries a list for minutes): the stream keeps its rows
@@ -242,7 +244,7 @@ check() {
     local delta=()
     [[ $FORMAT == delta ]] && delta=(--delta)
     check_py --dest "$dest" --streams "${CHECK_STREAMS:-$STREAMS}" \
-        --truth "$W/truth.tsv" "${delta[@]}" "$@" >"$W/logs/check.last" 2>&1
+        --truth "${TRUTH:-$W/truth.tsv}" "${delta[@]}" "$@" >"$W/logs/check.last" 2>&1
 }
 violations() { tr '\n' ' ' <"$W/logs/check.last" | cut -c1-600; }
 
@@ -578,6 +580,44 @@ seq_short_body() {
     stop_fake
 }
 
+seq_cursorless() {
+    local name=cursorless dest n why=""
+    begin "$name"
+    if ! "$BIN" fake-api --help | grep -q -- --cursorless-every; then
+        skip "$name" "fake-api has no --cursorless-every"
+        return
+    fi
+    # One record in 10 without a readable cursor; its truth files them under the date null.
+    "$BIN" fake-truth "${DATA[@]}" --cursorless-every 10 --streams "$STREAMS" >"$W/truth-$name.tsv"
+    start_fake "$name" --cursorless-every 10
+    dest="$(new_dest local "$name")"
+    # Nights whose windows start on other days (the settling window re-reads the last one)
+    # and a run killed in the middle: every record once, the cursorless ones included.
+    run_sync "$W/logs/$name-1.log" "$dest" --end-date 2024-01-04
+    [[ $RC -eq 0 ]] || why="$why night 1 exited $RC;"
+    TRUTH="$W/truth-$name.tsv" check "$dest" || why="$why after night 1: $(violations);"
+    sync_cmd "$dest" --end-date 2024-01-06
+    ITERABLE_API_KEY="$KEY" "${CMD[@]}" >"$W/logs/$name-2.log" 2>&1 </dev/null &
+    n=$!
+    PIDS+=("$n")
+    rand 1500
+    sleep "$(ms "$R")"
+    kill -KILL "$n" 2>/dev/null || true
+    wait "$n" 2>/dev/null || true
+    TRUTH="$W/truth-$name.tsv" check "$dest" || why="$why after a killed run: $(violations);"
+    for n in 3 4; do
+        run_sync "$W/logs/$name-$n.log" "$dest"
+        [[ $RC -eq 0 ]] || why="$why night $n exited $RC;"
+    done
+    TRUTH="$W/truth-$name.tsv" check "$dest" --exact || why="$why at the end: $(violations)"
+    if [[ -z $why ]]; then
+        pass "$name"
+    else
+        fail "$name" "records without a cursor:$why (logs $W/logs/$name-*.log)"
+    fi
+    stop_fake
+}
+
 seq_empty_events() {
     local name=empty-events dest before after lists
     begin "$name"
@@ -646,6 +686,7 @@ wants torn-manifest && seq_torn_manifest
 wants mode-switch && seq_mode_switch
 wants heavy-day && seq_heavy_day
 wants short-body && seq_short_body
+wants cursorless && seq_cursorless
 wants empty-events && seq_empty_events
 FORMAT=delta
 SUFFIX=-delta

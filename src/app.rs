@@ -350,6 +350,23 @@ pub fn summary(report: &RunReport) -> String {
             yes_no(s.commits > 0)
         );
     }
+    let cursorless: Vec<String> = report
+        .streams
+        .iter()
+        .filter(|s| s.rows_without_cursor > 0)
+        .map(|s| {
+            format!(
+                "{} {} ({} new)",
+                s.stream, s.rows_without_cursor, s.new_rows_without_cursor
+            )
+        })
+        .collect();
+    if !cursorless.is_empty() {
+        out += &format!(
+            "rows without a cursor (kept once each in date=__HIVE_DEFAULT_PARTITION__): {}\n",
+            cursorless.join(", ")
+        );
+    }
     out += &format!(
         "run {}: {} requests, {} retries, {} rate-limited; report in {}/_runs/{}.json\n",
         report.run_id,
@@ -589,16 +606,19 @@ async fn demo(args: DemoArgs, progress: Option<Progress>) -> Result<u8> {
     Ok(exit_code(&report))
 }
 
-/// The fake's configuration from its data flags (faults off).
+/// The fake's configuration from its data flags (faults off but the data's own shape,
+/// `--cursorless-every`).
 fn fake_config(data: &FakeDataArgs) -> Result<FakeConfig> {
     let start = parse_date(&Given::flag("--start", data.start.clone())).map_err(usage)?;
-    Ok(FakeConfig {
+    let mut cfg = FakeConfig {
         start,
         days: data.days,
         events_per_day: data.events_per_day,
         users: data.users,
         ..FakeConfig::small(data.seed)
-    })
+    };
+    cfg.faults.cursorless_every = data.cursorless_every;
+    Ok(cfg)
 }
 
 fn fake_faults(args: &FakeFaultArgs) -> Faults {
@@ -624,11 +644,15 @@ fn fake_faults(args: &FakeFaultArgs) -> Faults {
 }
 
 async fn fake_api(args: FakeApiArgs) -> Result<u8> {
+    let data = fake_config(&args.data)?;
     let cfg = FakeConfig {
         api_key: args.api_key,
         cache_bodies: args.cache_bodies,
-        faults: fake_faults(&args.faults),
-        ..fake_config(&args.data)?
+        faults: Faults {
+            cursorless_every: data.faults.cursorless_every,
+            ..fake_faults(&args.faults)
+        },
+        ..data
     };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let fake = FakeIterable::start_on(cfg, addr)
@@ -642,7 +666,8 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
 }
 
 /// `fake-truth`: every record the fake serves over its data range, one line each, day by
-/// day (so memory holds one day of one stream), sorted.
+/// day (so memory holds one day of one stream), sorted; a record without a readable cursor
+/// has the date `null` (a lake files it in no day).
 async fn fake_truth(args: FakeTruthArgs) -> Result<u8> {
     let cfg = fake_config(&args.data)?;
     let mut defs = Vec::new();
@@ -680,8 +705,12 @@ async fn fake_truth(args: FakeTruthArgs) -> Result<u8> {
                 .decode(lines.join("\n").as_bytes())
                 .with_context(|| format!("decoding the fake's {} of {from}", def.name))?
                 .batch;
-            let date = from.date_naive();
-            for identity in identities(def, &batch)? {
+            let date = from.date_naive().to_string();
+            let cursor = batch
+                .column_by_name(def.cursor_field)
+                .with_context(|| format!("{}: no column {}", def.name, def.cursor_field))?;
+            for (row, identity) in identities(def, &batch)?.into_iter().enumerate() {
+                let date = if cursor.is_null(row) { "null" } else { &date };
                 out.push(format!("{}\t{date}\t{identity}", def.name));
             }
         }
@@ -829,6 +858,8 @@ mod tests {
             windows: 2,
             window_retries: 0,
             malformed_lines: 0,
+            rows_without_cursor: 0,
+            new_rows_without_cursor: 0,
             commits,
             cursor: None,
             behind_seconds: None,

@@ -383,6 +383,10 @@ pub struct FakeDataArgs {
     /// User profiles.
     #[arg(long, default_value_t = 1000)]
     pub users: u32,
+    /// Send about one export record in N without a readable cursor (no `createdAt`, or one
+    /// that is no instant), as real exports sometimes do [default: none].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cursorless_every: Option<u32>,
 }
 
 #[derive(Debug, Args)]

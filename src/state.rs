@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::SyncMode;
 use crate::manifest::{Manifest, ManifestError};
-use crate::sink::{LakeStore, StoreError};
+use crate::sink::{LakeStore, StoreError, is_cursorless};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -69,6 +69,8 @@ pub struct StreamSummary {
     pub cursor: Option<DateTime<Utc>>,
     pub files: u64,
     pub rows: u64,
+    /// Live rows without a readable cursor, in `date=__HIVE_DEFAULT_PARTITION__`.
+    pub rows_without_cursor: u64,
     pub bytes: u64,
     pub quarantined: Vec<QuarantineSummary>,
     pub last_run: Option<String>,
@@ -184,6 +186,12 @@ pub fn summarize(dest: &str, manifest: &Manifest) -> LakeSummary {
                 cursor: s.cursor,
                 files: s.files.len() as u64,
                 rows: s.rows(),
+                rows_without_cursor: s
+                    .files
+                    .iter()
+                    .filter(|f| is_cursorless(&f.file.partition))
+                    .map(|f| f.file.rows)
+                    .sum(),
                 bytes: s.files.iter().map(|f| f.file.bytes).sum(),
                 quarantined: s
                     .quarantine
@@ -266,6 +274,18 @@ pub fn render(summary: &LakeSummary) -> String {
                 q.error
             );
         }
+    }
+    let cursorless: Vec<String> = summary
+        .streams
+        .iter()
+        .filter(|s| s.rows_without_cursor > 0)
+        .map(|s| format!("{} {}", s.stream, s.rows_without_cursor))
+        .collect();
+    if !cursorless.is_empty() {
+        out += &format!(
+            "\nrows without a cursor (kept once each in date=__HIVE_DEFAULT_PARTITION__): {}\n",
+            cursorless.join(", ")
+        );
     }
     let tables: Vec<String> = summary
         .streams

@@ -197,6 +197,8 @@ pub(crate) struct Generator {
     earlier: Vec<Option<Person>>,
     plans: Vec<Plan>,
     nested: Nested,
+    /// `Faults::cursorless_every`: one record in this many has no readable cursor (0: none).
+    cursorless_every: u64,
 }
 
 #[derive(Debug)]
@@ -408,6 +410,16 @@ struct Ctx<'a> {
     nested: &'a Nested,
     mid_ms: i64,
     campaign: Option<i64>,
+    cursor: CursorForm,
+}
+
+/// How a record's cursor field is sent ([`Faults::cursorless_every`](super::Faults)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CursorForm {
+    Readable,
+    Missing,
+    /// `"unknown"`: present, but no instant.
+    Unreadable,
 }
 
 impl Generator {
@@ -453,6 +465,7 @@ impl Generator {
             earlier,
             plans: catalog::export_streams().map(Plan::new).collect(),
             nested: Nested::new(),
+            cursorless_every: cfg.faults.cursorless_every.map_or(0, u64::from),
         }
     }
 
@@ -516,6 +529,7 @@ impl Generator {
                 nested: &self.nested,
                 mid_ms: self.mid_ms,
                 campaign: None,
+                cursor: self.cursor_form(rec),
             };
             let mut rng = rec.rng;
             write_object(
@@ -531,6 +545,24 @@ impl Generator {
             }
             f(pos, &line)
         })
+    }
+
+    /// How `rec`'s cursor is sent: one record in `cursorless_every` (drawn from the record's
+    /// own seed, so every request that serves it sends it alike) without a readable one.
+    fn cursor_form(&self, rec: &Record) -> CursorForm {
+        if self.cursorless_every == 0 {
+            return CursorForm::Readable;
+        }
+        let mut rng = Rng::new(rec.rng.0 ^ 0x5EED_C0C5);
+        let draw = rng.next_u64();
+        match (
+            draw % self.cursorless_every,
+            (draw / self.cursorless_every) % 2,
+        ) {
+            (0, 0) => CursorForm::Missing,
+            (0, _) => CursorForm::Unreadable,
+            _ => CursorForm::Readable,
+        }
     }
 
     /// Writes the body `data.json` serves for `q`: lines joined by `\n`, with a final `\n`
@@ -1020,6 +1052,9 @@ fn write_object(
         let Some(value) = present.or(forced.then_some(true)) else {
             continue;
         };
+        if matches!(field.kind, Gen::Cursor) && ctx.cursor == CursorForm::Missing {
+            continue;
+        }
         let mark = out.len();
         if !first {
             out.push(b',');
@@ -1042,6 +1077,9 @@ fn write_object(
 fn write_value(kind: &Gen, ctx: &mut Ctx, rng: &mut Rng, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
     let rec = ctx.rec;
     match kind {
+        Gen::Cursor if ctx.cursor == CursorForm::Unreadable => {
+            out.extend_from_slice(b"\"unknown\"")
+        }
         Gen::Cursor => push_stamp(out, rec.cursor_ms, rec.cursor_stamp),
         Gen::Email => match &ctx.person.email_json {
             Some(email) => out.extend_from_slice(email),

@@ -101,6 +101,15 @@ pub struct Faults {
     /// Data type spellings the export answers with 400 `BadParams`, to exercise fallbacks
     /// (e.g. `emailUnSubscribe`).
     pub rejected_data_types: Vec<String>,
+    /// Send about one export record in this many without a cursor the client can read, as
+    /// real exports sometimes do: alternately with no `createdAt` (`profileUpdatedAt` for
+    /// users) and with one that is no instant (`"unknown"`). The fake still files the record
+    /// under its real instant, so the windows that serve it do not change.
+    pub cursorless_every: Option<u32>,
+    /// `campaigns/metrics` answers the request that asks for the lowest campaign id with one
+    /// more row: the metrics of that campaign under this id, which no `GET /api/campaigns`
+    /// lists and nobody asked for (a response may name such a campaign).
+    pub unasked_metrics_campaign: Option<i64>,
 }
 
 /// A response cut off after `after_bytes` body bytes, for the first `first_requests`
@@ -136,6 +145,8 @@ impl Default for Faults {
             random_500_seed: 0,
             latency: None,
             rejected_data_types: Vec::new(),
+            cursorless_every: None,
+            unasked_metrics_campaign: None,
         }
     }
 }

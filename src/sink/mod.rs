@@ -8,6 +8,7 @@ pub mod writer;
 
 pub use store::{Created, LakeStore, StoreError};
 pub use writer::{
-    FileNamer, PartitionedWriter, Partitioning, WriteError, WriterLimits, WrittenFile,
-    date_partition, day_of, file_properties, partition_day, spawn_encoding,
+    FileNamer, NO_CURSOR_PARTITION, PartitionedWriter, Partitioning, WriteError, WriterLimits,
+    WrittenFile, date_partition, day_of, file_properties, is_cursorless, partition_day,
+    spawn_encoding,
 };

@@ -110,12 +110,27 @@ pub struct WrittenFile {
     pub column_stats: Option<serde_json::Value>,
 }
 
+/// The partition of rows whose cursor is null (absent or unreadable): the folder Hive,
+/// Spark, DuckDB and Delta read as a null `date`.
+pub const NO_CURSOR_PARTITION: &str = "date=__HIVE_DEFAULT_PARTITION__";
+
+/// Whether a file's partition folder(s) end in [`NO_CURSOR_PARTITION`] (below a snapshot
+/// date in `full-refresh-append`).
+pub fn is_cursorless(partition: &str) -> bool {
+    partition.rsplit('/').next() == Some(NO_CURSOR_PARTITION)
+}
+
 /// The `date=YYYY-MM-DD` partition of a UTC day number (days since the epoch).
 pub fn date_partition(day: i64) -> String {
-    let date = DateTime::from_timestamp(day * 86_400, 0)
-        .map(|t| t.date_naive().to_string())
-        .unwrap_or_else(|| "__HIVE_DEFAULT_PARTITION__".to_string());
-    format!("date={date}")
+    DateTime::from_timestamp(day * 86_400, 0).map_or_else(
+        || NO_CURSOR_PARTITION.to_string(),
+        |t| format!("date={}", t.date_naive()),
+    )
+}
+
+/// The partition of a row by the UTC day of its cursor: [`NO_CURSOR_PARTITION`] without one.
+fn cursor_partition(day: Option<i64>) -> String {
+    day.map_or_else(|| NO_CURSOR_PARTITION.to_string(), date_partition)
 }
 
 /// The UTC day (days since the epoch) of an instant in µs.
@@ -126,9 +141,10 @@ pub fn day_of(micros: i64) -> i64 {
 /// How a writer spreads rows over partition folders.
 #[derive(Debug, Clone)]
 pub enum Partitioning {
-    /// `date=YYYY-MM-DD`: the UTC date of this timestamp column; rows without one go to the
-    /// folder of `fallback_day`.
-    CursorDate { column: usize, fallback_day: i64 },
+    /// `date=YYYY-MM-DD`: the UTC date of this timestamp column; rows without one go to
+    /// [`NO_CURSOR_PARTITION`], whatever window read them, so a re-read from another start
+    /// files them where the first read did.
+    CursorDate { column: usize },
     /// Every row in one folder below the writer's; empty for the writer's folder itself.
     Fixed(String),
     /// `bucket=NN`: the hash bucket of the row's key, its first non-null `key` column
@@ -218,7 +234,7 @@ impl PartitionedWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let (column, fallback_day) = match &self.partitioning {
+        let column = match &self.partitioning {
             Partitioning::Fixed(folder) => {
                 let folder = folder.clone();
                 return self.write_part(folder, batch).await;
@@ -239,33 +255,24 @@ impl PartitionedWriter {
                 }
                 return Ok(());
             }
-            Partitioning::CursorDate {
-                column,
-                fallback_day,
-            } => (*column, *fallback_day),
+            Partitioning::CursorDate { column } => *column,
         };
         let cursor = batch
             .column(column)
             .as_primitive::<TimestampMicrosecondType>()
             .clone();
-        let day_at = |i: usize| {
-            if cursor.is_valid(i) {
-                day_of(cursor.value(i))
-            } else {
-                fallback_day
-            }
-        };
+        let day_at = |i: usize| cursor.is_valid(i).then(|| day_of(cursor.value(i)));
         let first = day_at(0);
         if (1..batch.num_rows()).all(|i| day_at(i) == first) {
-            return self.write_part(date_partition(first), batch).await;
+            return self.write_part(cursor_partition(first), batch).await;
         }
-        let mut by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut by_day: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
             by_day.entry(day_at(i)).or_default().push(i as u32);
         }
         for (day, rows) in by_day {
             let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
-            self.write_part(date_partition(day), part).await?;
+            self.write_part(cursor_partition(day), part).await?;
         }
         Ok(())
     }
@@ -615,10 +622,7 @@ mod tests {
     #[tokio::test]
     async fn splits_by_date_and_closes_the_least_recent_file_past_the_limit() {
         let files = write_all(
-            Partitioning::CursorDate {
-                column: 0,
-                fallback_day: 0,
-            },
+            Partitioning::CursorDate { column: 0 },
             &[batch(&[1, 2, 1]), batch(&[3]), batch(&[1])],
         )
         .await;
@@ -655,6 +659,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rows_without_a_cursor_go_to_the_null_date_partition() {
+        let ts = arrow::array::TimestampMicrosecondArray::from(vec![
+            None,
+            Some(MICROS_PER_DAY + 5),
+            None,
+        ])
+        .with_timezone("UTC");
+        let b =
+            RecordBatch::try_from_iter([("t", Arc::new(ts) as arrow::array::ArrayRef)]).unwrap();
+        let files = write_all(Partitioning::CursorDate { column: 0 }, &[b]).await;
+        let got: Vec<(&str, u64, Option<i64>)> = files
+            .iter()
+            .map(|f| (f.partition.as_str(), f.rows, f.min_cursor))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("date=1970-01-02", 1, Some(MICROS_PER_DAY + 5)),
+                (NO_CURSOR_PARTITION, 2, None),
+            ]
+        );
+        assert_eq!(partition_day(NO_CURSOR_PARTITION), None);
+    }
+
+    #[tokio::test]
     async fn a_passed_day_is_closed_early_and_a_late_row_keeps_its_next_file_open() {
         let idle = IDLE_WRITES as usize + 1;
         let mut batches = vec![batch(&[1, 1])];
@@ -667,10 +696,7 @@ mod tests {
             lake,
             "s".into(),
             batches[0].schema(),
-            Partitioning::CursorDate {
-                column: 0,
-                fallback_day: 0,
-            },
+            Partitioning::CursorDate { column: 0 },
             Some(0),
             FileNamer::new("r1"),
             WriterLimits::default(),

@@ -28,7 +28,9 @@ use super::{
 };
 use crate::catalog::SyncMode;
 use crate::manifest::{LiveFile, Quarantined};
-use crate::sink::{Partitioning, WrittenFile, date_partition, day_of, partition_day};
+use crate::sink::{
+    Partitioning, WrittenFile, date_partition, day_of, is_cursorless, partition_day,
+};
 use crate::source::FetchError;
 use crate::source::export::{ExportFetcher, Window};
 
@@ -188,14 +190,7 @@ impl StreamCtx<'_> {
             let column = self.cursor_column();
             let writer = match bucketing {
                 Some(b) => self.staging_writer(b),
-                None => self.writer(
-                    dir,
-                    Partitioning::CursorDate {
-                        column,
-                        fallback_day: day_of(w.start),
-                    },
-                    Some(column),
-                ),
+                None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
             };
             p.report.windows += 1;
             let t0 = Instant::now();
@@ -340,14 +335,18 @@ impl StreamCtx<'_> {
             // What commits: the unit, or the prefix fetched before a window was given up. A
             // commit replaces whole date partitions, so in the dated layout the prefix ends
             // at a day's start and the files of its last, partly read day go; the deduped
-            // layout merges by key and keeps every row read.
+            // layout merges by key and keeps every row read. Rows without a cursor come
+            // from windows that came back whole and are added only where new
+            // ([`cursorless`](super::cursorless)), so a prefix keeps them.
             let mut end = match (&failure, deduped) {
                 (None, _) => unit.end,
                 (Some(_), true) => done,
                 (Some(_), false) => floor_day(done).max(unit.start),
             };
             let (mut files, partial): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
-                deduped || partition_day(&f.partition).is_some_and(|d| d * MICROS_PER_DAY < end)
+                deduped
+                    || (is_cursorless(&f.partition) && end > unit.start)
+                    || partition_day(&f.partition).is_some_and(|d| d * MICROS_PER_DAY < end)
             });
             self.run.delete_files(&partial).await;
             let mut rest = failure.map(|UnitFailure { error, attempts }| {
@@ -382,6 +381,13 @@ impl StreamCtx<'_> {
                 }
             }
             let committed = end > unit.start;
+            if committed && !deduped {
+                let live = self.state().await.map(|s| s.files).unwrap_or_default();
+                let rows;
+                (files, rows) = self.keep_new_cursorless(files, &live).await?;
+                p.report.rows_without_cursor += rows.read;
+                p.report.new_rows_without_cursor += rows.new;
+            }
             let (files, touched) = match &bucketing {
                 Some(b) if committed => {
                     let live = self.state().await.map(|s| s.files).unwrap_or_default();
@@ -500,6 +506,13 @@ impl StreamCtx<'_> {
             self.run.delete_files(&all).await;
             return Err(format!("window {unit}: {error}; nothing was committed"));
         }
+        let cursorless: u64 = all
+            .iter()
+            .filter(|f| is_cursorless(&f.partition))
+            .map(|f| f.rows)
+            .sum();
+        p.report.rows_without_cursor += cursorless;
+        p.report.new_rows_without_cursor += cursorless;
         self.commit_refresh(mode, all, to_time(end), p).await
     }
 }

@@ -331,6 +331,14 @@ async fn rewrite(
         Ok::<_, String>(())
     }
     .await;
+    finish_or_abort(writer, result).await
+}
+
+/// Finish `writer` after `result`, or on an error abort it (deleting what it wrote).
+pub(super) async fn finish_or_abort(
+    writer: PartitionedWriter,
+    result: Result<(), String>,
+) -> Result<Vec<WrittenFile>, String> {
     match result {
         Ok(()) => writer.finish().await.map_err(|e| e.to_string()),
         Err(e) => {
@@ -342,7 +350,7 @@ async fn rewrite(
 
 /// The batches of the lake's file `f`, read a row group at a time, with only `columns`
 /// when given.
-async fn open(
+pub(super) async fn open(
     lake: &LakeStore,
     f: &WrittenFile,
     columns: Option<&[&str]>,

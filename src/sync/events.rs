@@ -31,7 +31,7 @@ use std::ops::Bound;
 
 use super::{Progress, QuarantineReport, StreamCtx};
 use crate::catalog::SyncMode;
-use crate::sink::{Partitioning, WrittenFile, day_of};
+use crate::sink::{Partitioning, WrittenFile};
 use crate::source::{pipeline, user_events};
 
 impl StreamCtx<'_> {
@@ -150,16 +150,12 @@ impl StreamCtx<'_> {
             .schema
             .position(self.stream.cursor_field)
             .expect("the events schema declares its cursor");
-        let fallback_day = day_of(self.opts().now.timestamp_micros());
         let mut attempts = 0;
         loop {
             attempts += 1;
             let writer = self.writer(
                 self.stream.name,
-                Partitioning::CursorDate {
-                    column,
-                    fallback_day,
-                },
+                Partitioning::CursorDate { column },
                 Some(column),
             );
             p.report.windows += 1;

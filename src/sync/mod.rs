@@ -24,6 +24,7 @@
 //! holds the lease (a full refresh, which commits only at its end, deletes its files
 //! instead), and the streams stopped early report `interrupted`.
 
+mod cursorless;
 mod custom_fields;
 mod dated;
 mod dedupe;
@@ -215,6 +216,10 @@ pub struct StreamReport {
     pub windows: u64,
     pub window_retries: u64,
     pub malformed_lines: u64,
+    /// Rows read without a readable cursor (filed in `date=__HIVE_DEFAULT_PARTITION__`),
+    /// and how many of them the lake did not hold yet (the others were read again).
+    pub rows_without_cursor: u64,
+    pub new_rows_without_cursor: u64,
     pub commits: u64,
     pub cursor: Option<DateTime<Utc>>,
     /// How far behind the end of the run the data is: seconds from the cursor to then.
@@ -835,6 +840,8 @@ async fn run_stream(
             windows: 0,
             window_retries: 0,
             malformed_lines: 0,
+            rows_without_cursor: 0,
+            new_rows_without_cursor: 0,
             commits: 0,
             cursor: None,
             behind_seconds: None,
@@ -887,6 +894,14 @@ async fn run_stream(
         }
         (_, mode) => ctx.snapshot(mode, &mut p).await,
     };
+    if p.report.rows_without_cursor > 0 {
+        tracing::warn!(
+            stream = stream.name,
+            rows = p.report.rows_without_cursor,
+            new = p.report.new_rows_without_cursor,
+            "rows without a readable cursor were kept in date=__HIVE_DEFAULT_PARTITION__ (rows read again are kept once)"
+        );
+    }
     if let Err(e) = result {
         tracing::error!(stream = stream.name, error = %e, "stream failed");
         p.report.status = StreamStatus::Failed(e);

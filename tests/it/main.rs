@@ -11,6 +11,7 @@ mod delta;
 mod export_sync;
 mod fake_export;
 mod fake_rest;
+mod fidelity;
 mod harness;
 mod lake;
 mod metrics_events;

@@ -707,16 +707,25 @@ fn metrics_row(cfg: &FakeConfig, c: &Campaign) -> Vec<String> {
 }
 
 /// The header and the rows `campaigns/metrics` answers for `ids`: one per distinct campaign
-/// served now, in request order (in the older shape with `Faults::old_metrics_csv`).
+/// served now, in request order (in the older shape with `Faults::old_metrics_csv`), then
+/// the row of `Faults::unasked_metrics_campaign`.
 fn metrics_table(state: &State, ids: &[i64]) -> (Vec<String>, Vec<Vec<String>>) {
     let campaigns = visible_campaigns(state);
     let mut seen = HashSet::new();
-    let rows = ids
+    let mut rows: Vec<Vec<String>> = ids
         .iter()
         .filter(|id| seen.insert(**id))
         .filter_map(|id| campaigns.binary_search_by_key(id, |c| c.id).ok())
         .map(|k| metrics_row(&state.cfg, &campaigns[k]))
         .collect();
+    if let (Some(unasked), Some(first)) =
+        (state.cfg.faults.unasked_metrics_campaign, campaigns.first())
+        && ids.contains(&first.id)
+    {
+        let mut row = metrics_row(&state.cfg, first);
+        row[0] = unasked.to_string();
+        rows.push(row);
+    }
     if !state.cfg.faults.old_metrics_csv {
         return (metrics_header(), rows);
     }
