@@ -199,6 +199,8 @@ pub(crate) struct Generator {
     nested: Nested,
     /// `Faults::cursorless_every`: one record in this many has no readable cursor (0: none).
     cursorless_every: u64,
+    /// `Faults::keyless_users`: who a `users` record without a readable cursor is.
+    keyless: Option<Person>,
 }
 
 #[derive(Debug)]
@@ -466,6 +468,7 @@ impl Generator {
             plans: catalog::export_streams().map(Plan::new).collect(),
             nested: Nested::new(),
             cursorless_every: cfg.faults.cursorless_every.map_or(0, u64::from),
+            keyless: cfg.faults.keyless_users.then(|| Person::new(None, None)),
         }
     }
 
@@ -523,13 +526,20 @@ impl Generator {
                 true => self.earlier.get(rec.user as usize).and_then(Option::as_ref),
                 false => None,
             };
+            let cursor = self.cursor_form(rec);
+            let keyless = match (plan.user, cursor) {
+                (true, CursorForm::Missing | CursorForm::Unreadable) => self.keyless.as_ref(),
+                _ => None,
+            };
             let mut ctx = Ctx {
                 rec,
-                person: earlier.unwrap_or(&self.people[rec.user as usize]),
+                person: keyless
+                    .or(earlier)
+                    .unwrap_or(&self.people[rec.user as usize]),
                 nested: &self.nested,
                 mid_ms: self.mid_ms,
                 campaign: None,
-                cursor: self.cursor_form(rec),
+                cursor,
             };
             let mut rng = rec.rng;
             write_object(

@@ -106,6 +106,9 @@ pub struct Faults {
     /// users) and with one that is no instant (`"unknown"`). The fake still files the record
     /// under its real instant, so the windows that serve it do not change.
     pub cursorless_every: Option<u32>,
+    /// With `cursorless_every`: the `users` records sent without a readable cursor also have
+    /// no `email` and no `userId`, so nothing keys them (as a line that is not JSON).
+    pub keyless_users: bool,
     /// `campaigns/metrics` answers the request that asks for the lowest campaign id with one
     /// more row: the metrics of that campaign under this id, which no `GET /api/campaigns`
     /// lists and nobody asked for (a response may name such a campaign).
@@ -146,6 +149,7 @@ impl Default for Faults {
             latency: None,
             rejected_data_types: Vec::new(),
             cursorless_every: None,
+            keyless_users: false,
             unasked_metrics_campaign: None,
         }
     }

@@ -138,7 +138,10 @@ impl StreamCtx<'_> {
 /// `_extracted_at` with its column's name, in the order of the names (so a file written
 /// before a column was added, which lacks it, agrees with one holding it null); values in
 /// Arrow's row format, which orders and so tells apart every value of every type; hashed.
-fn identities(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<u128>, ArrowError> {
+pub(super) fn identities(
+    batch: &RecordBatch,
+    column: Option<&str>,
+) -> Result<Vec<u128>, ArrowError> {
     let schema = batch.schema();
     let mut columns: Vec<(&str, &ArrayRef)> = schema
         .fields()
@@ -169,7 +172,7 @@ fn identities(batch: &RecordBatch, column: Option<&str>) -> Result<Vec<u128>, Ar
 
 /// The rows of `batch` beyond the copies `held` counts of their identity, each taking one
 /// copy off.
-fn not_held(
+pub(super) fn not_held(
     batch: &RecordBatch,
     identity: Option<&str>,
     held: &mut HashMap<u128, u64>,

@@ -11,7 +11,8 @@
 //! as the bucket's new file, in key order. The unit commits the new files and retires the
 //! touched buckets' old ones in one manifest commit; untouched buckets keep their files. So
 //! a run reads and writes what changed plus the buckets it falls in, never the whole table.
-//! Rows without any key value cannot be deduplicated and are kept as they come, in bucket 0.
+//! Rows without any key value cannot be merged by key: they are kept in bucket 0, each
+//! once whatever reads it again (by every value but `_extracted_at`).
 //!
 //! A key can change: a user known by userId only (`userId:…`) who gains an email is keyed
 //! `email:…` from then on, in another bucket. A staged row keyed by an email that carries a
@@ -36,6 +37,7 @@ use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchS
 use parquet::errors::ParquetError;
 
 use super::StreamCtx;
+use super::cursorless::{identities, not_held};
 use crate::manifest::LiveFile;
 use crate::sink::bucket::{bucket_of, bucket_partition, replaced_keys, row_keys};
 use crate::sink::merge::KeyedMerge;
@@ -142,6 +144,7 @@ impl StreamCtx<'_> {
                     .filter(|f| f.file.partition == partition)
                     .map(|f| f.file.clone())
                     .collect();
+                let live_inputs = inputs.len();
                 inputs.extend(new.into_iter().cloned());
                 let writer = self.writer(
                     self.stream.name,
@@ -157,10 +160,11 @@ impl StreamCtx<'_> {
                 );
                 let lake = self.run.lake.clone();
                 // Deduplicating a bucket is CPU work too.
-                let files = spawn_encoding(move || rewrite(lake, inputs, merge, writer))
-                    .await
-                    .map_err(|e| format!("a rewriting task stopped: {e}"))?
-                    .map_err(|e| format!("rewriting {partition}: {e}"))?;
+                let files =
+                    spawn_encoding(move || rewrite(lake, inputs, live_inputs, merge, writer))
+                        .await
+                        .map_err(|e| format!("a rewriting task stopped: {e}"))?
+                        .map_err(|e| format!("rewriting {partition}: {e}"))?;
                 merged.files.extend(files);
                 merged.touched.insert(partition);
             }
@@ -293,16 +297,21 @@ impl StreamCtx<'_> {
     }
 }
 
-/// Merge `inputs` (oldest first) into `writer` through `merge`, and finish it.
+/// Merge `inputs` (oldest first; the first `live_inputs` of them the bucket's live files)
+/// into `writer` through `merge`, and finish it. Rows without a key are not merged: the live
+/// ones stay, and a read adds only the copies of a row (by every value but `_extracted_at`)
+/// beyond those live, so a window read again does not add them twice.
 async fn rewrite(
     lake: LakeStore,
     inputs: Vec<WrittenFile>,
+    live_inputs: usize,
     mut merge: KeyedMerge,
     mut writer: PartitionedWriter,
 ) -> Result<Vec<WrittenFile>, String> {
     let result = async {
         let schema = merge.schema().clone();
-        for f in &inputs {
+        let mut held: HashMap<u128, u64> = HashMap::new();
+        for (i, f) in inputs.iter().enumerate() {
             let mut batches = open(&lake, f, None).await?;
             while let Some(batch) = batches
                 .try_next()
@@ -310,7 +319,19 @@ async fn rewrite(
                 .map_err(|e| format!("reading {}: {e}", f.path))?
             {
                 let batch = conform(&batch, &schema).map_err(|e| format!("{}: {e}", f.path))?;
-                if let Some(rows) = merge.push(&batch).map_err(|e| e.to_string())? {
+                let Some(rows) = merge.push(&batch).map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                let keyless = |e| format!("{}: {e}", f.path);
+                let rows = if i < live_inputs {
+                    for id in identities(&rows, None).map_err(keyless)? {
+                        *held.entry(id).or_default() += 1;
+                    }
+                    rows
+                } else {
+                    not_held(&rows, None, &mut held).map_err(keyless)?
+                };
+                if rows.num_rows() > 0 {
                     writer.write(rows).await.map_err(|e| e.to_string())?;
                 }
             }

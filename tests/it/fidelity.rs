@@ -275,6 +275,63 @@ async fn full_refreshes_keep_each_row_without_a_cursor_once() {
     assert!(ids.values().all(|&n| n == 1), "{ids:?}");
 }
 
+/// `incremental-deduped` users: rows that nothing keys (no email, no userId, no cursor) are
+/// kept in bucket 0 once each, though the second run reads the day before the first one's
+/// cursor again. (Both runs come after the fake's last profile update: a keyless row that a
+/// later update of its user replaces in the export stays in the lake, as nothing links the
+/// two.)
+#[tokio::test]
+async fn deduped_users_keep_each_row_without_a_key_once() {
+    let mut cfg = FakeConfig::small(15);
+    cfg.faults.cursorless_every = Some(10);
+    cfg.faults.keyless_users = true;
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let keyless_live = |lake: LakeStore| async move {
+        let mut rows = 0;
+        for (_, batches) in live_batches(&lake, "users").await {
+            for b in batches {
+                let email = b.column_by_name("email").unwrap();
+                let user_id = b.column_by_name("userId").unwrap();
+                rows += (0..b.num_rows())
+                    .filter(|&i| email.is_null(i) && user_id.is_null(i))
+                    .count();
+            }
+        }
+        rows
+    };
+    let keyless_truth = |end: &str| {
+        fake.truth_lines("user", t(START), t(end))
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["email"].is_null() && v["userId"].is_null())
+            .count()
+    };
+    for (n, now) in ["2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z"]
+        .iter()
+        .enumerate()
+    {
+        fake.set_now(t(now));
+        let mut o = SyncOptions::new(vec![catalog::find("users").unwrap()]);
+        o.start = Some(t(START));
+        o.now = t(now);
+        o.lag = Duration::zero();
+        o.mode = Some(SyncMode::IncrementalDeduped);
+        // The second run reads the whole range again, from START (a month before the
+        // first run's cursor).
+        o.lookback_days = 31;
+        let report = sync::run(lake.clone(), fake_client(&fake, 8), o)
+            .await
+            .unwrap();
+        assert_eq!(report.streams[0].status, StreamStatus::Succeeded);
+        assert!(report.streams[0].rows > 0, "run {n} read the users");
+        let want = keyless_truth(now);
+        assert!(want > 0, "the fake sent rows without a key");
+        assert_eq!(keyless_live(lake.clone()).await, want, "run {n}");
+    }
+}
+
 /// A `campaigns/metrics` answer naming a campaign the request did not ask for (and that
 /// `GET /api/campaigns` does not list): its row is kept, typed, with the others.
 #[tokio::test]
