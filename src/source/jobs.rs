@@ -640,3 +640,238 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .into()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use axum::extract::{Path, Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{delete, get, post};
+
+    use super::*;
+    use crate::api::{ApiKey, ClientConfig};
+    use crate::catalog;
+    use crate::source::pipeline::tests::email_send_run;
+
+    /// What one `files` poll of the scripted server answers: the state, whether truncated,
+    /// and how many of the job's files are listed.
+    #[derive(Clone, Copy)]
+    struct Step(&'static str, bool, usize);
+
+    /// A scripted jobs API: each job answers its polls from `steps` (the last one repeats),
+    /// each started job takes the next script; file `k` of a job holds `LINES` lines.
+    #[derive(Default)]
+    struct Script {
+        /// One script per start, in order.
+        jobs: Vec<Vec<Step>>,
+        polls: BTreeMap<i64, usize>,
+        /// Files whose first URL answers 403 (expired), and those cut short once.
+        expired: Vec<String>,
+        cut: Vec<String>,
+        /// Download requests: (file, carried the Api-Key header).
+        downloads: Vec<(String, bool)>,
+        cancelled: Vec<i64>,
+    }
+
+    type Shared = Arc<Mutex<Script>>;
+
+    const FILES: usize = 3;
+    const LINES: usize = 4;
+
+    fn file_name(k: usize) -> String {
+        format!("file-{k:03}.json")
+    }
+
+    fn line(job_file: usize, n: usize) -> String {
+        format!(
+            "{{\"createdAt\":\"2024-01-01 00:00:0{n} +00:00\",\"email\":\"u{job_file}-{n}@x.io\"}}"
+        )
+    }
+
+    async fn start(State(s): State<Shared>) -> Response {
+        let mut s = s.lock().unwrap();
+        let id = s.polls.len() as i64 + 1;
+        s.polls.insert(id, 0);
+        axum::Json(json!({ "jobId": id })).into_response()
+    }
+
+    async fn files(
+        State(s): State<Shared>,
+        Path(id): Path<i64>,
+        Query(q): Query<BTreeMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        let mut s = s.lock().unwrap();
+        let script = s.jobs[(id - 1) as usize].clone();
+        let poll = s.polls.get_mut(&id).unwrap();
+        let Step(state, truncated, listed) = script[(*poll).min(script.len() - 1)];
+        *poll += 1;
+        let after = q.get("startAfter").cloned().unwrap_or_default();
+        let host = headers.get("host").unwrap().to_str().unwrap();
+        // Pages of two files; a URL listed while its file is in `expired` is refused.
+        let listed: Vec<_> = (0..listed)
+            .map(file_name)
+            .filter(|f| *f > after)
+            .take(2)
+            .map(|f| {
+                let sig = if s.expired.contains(&f) { "old" } else { "ok" };
+                json!({ "file": f, "url": format!("http://{host}/dl/{f}?signature={sig}") })
+            })
+            .collect();
+        axum::Json(json!({ "jobId": id, "jobState": state, "exportTruncated": truncated, "files": listed }))
+            .into_response()
+    }
+
+    async fn download(
+        State(s): State<Shared>,
+        Path(file): Path<String>,
+        Query(q): Query<BTreeMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        let mut s = s.lock().unwrap();
+        s.downloads
+            .push((file.clone(), headers.get("Api-Key").is_some()));
+        if q.get("signature").map(String::as_str) != Some("ok") {
+            s.expired.retain(|e| *e != file);
+            return (StatusCode::FORBIDDEN, "AccessDenied: Request has expired").into_response();
+        }
+        let k: usize = file[5..8].parse().unwrap();
+        let body: String = (0..LINES).map(|n| line(k, n) + "\n").collect();
+        if s.cut.contains(&file) {
+            s.cut.retain(|c| *c != file);
+            return body[..body.len() / 2 + 3].to_string().into_response();
+        }
+        body.into_response()
+    }
+
+    async fn cancel(State(s): State<Shared>, Path(id): Path<i64>) -> Response {
+        s.lock().unwrap().cancelled.push(id);
+        axum::Json(json!({ "code": "Success" })).into_response()
+    }
+
+    /// Serve `script`; fetch one window of `email_send` through it.
+    async fn fetch(script: Script) -> (Result<Fetched, FetchError>, Shared, Arc<Jobs>) {
+        let shared: Shared = Arc::new(Mutex::new(script));
+        let app = axum::Router::new()
+            .route("/api/export/start", post(start))
+            .route("/api/export/{id}/files", get(files))
+            .route("/api/export/{id}", delete(cancel))
+            .route("/dl/{file}", get(download))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base = Url::parse(&format!("http://{addr}/api/")).unwrap();
+        let mut cfg = ClientConfig::new(base, ApiKey::new("k-1").unwrap());
+        cfg.export_job_requests_per_second = 1000;
+        cfg.retry.max_retries = 0;
+        let client = ApiClient::new(cfg).unwrap();
+        let settings = JobSettings {
+            poll_min: Duration::from_millis(5),
+            poll_max: Duration::from_millis(20),
+            ..JobSettings::default()
+        };
+        let jobs = Arc::new(Jobs::new(settings, JobBook::none()));
+        let (decoder, writer) = email_send_run();
+        let stream = catalog::find("email_send").unwrap();
+        let fetcher = ExportFetcher::new(client, stream, decoder).unwrap();
+        let window = Window { start: 0, end: 1 };
+        let got = fetcher.fetch_by_job(&jobs, window, writer).await;
+        (got, shared, jobs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_job_expired_urls_and_cut_files_give_every_line_once_without_the_key() {
+        let script = Script {
+            jobs: vec![vec![
+                Step("Enqueued", false, 0),
+                Step("Running", false, 1),
+                Step("Enqueued", false, 1),
+                Step("Running", false, 2),
+                Step("Completed", false, FILES),
+            ]],
+            expired: vec![file_name(0), file_name(2)],
+            cut: vec![file_name(1)],
+            ..Script::default()
+        };
+        let (got, shared, jobs) = fetch(script).await;
+        let fetched = got.expect("the window is read");
+        assert_eq!(fetched.rows, (FILES * LINES) as u64, "no line fed twice");
+        assert_eq!(fetched.malformed, 0);
+        let s = shared.lock().unwrap();
+        assert!(
+            s.downloads.iter().all(|(_, keyed)| !keyed),
+            "{:?}",
+            s.downloads
+        );
+        let tries = |f: usize| {
+            s.downloads
+                .iter()
+                .filter(|(n, _)| *n == file_name(f))
+                .count()
+        };
+        assert_eq!(
+            (tries(0), tries(1), tries(2)),
+            (2, 2, 2),
+            "403 or cut once each"
+        );
+        assert!(s.cancelled.is_empty());
+        let report = jobs.stats.report();
+        assert_eq!((report.started, report.completed, report.files), (1, 1, 3));
+        assert_eq!(
+            jobs.stats.get(|s| &s.running) + jobs.stats.get(|s| &s.enqueued),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_job_is_started_again_then_fails_the_window_splittably() {
+        let failed = vec![Step("Enqueued", false, 0), Step("Failed", false, 0)];
+        let done = vec![Step("Running", false, 1), Step("Completed", false, FILES)];
+        let script = Script {
+            jobs: vec![failed.clone(), failed.clone(), done],
+            ..Script::default()
+        };
+        let (got, _, jobs) = fetch(script).await;
+        assert_eq!(
+            got.expect("the third start is read").rows,
+            (FILES * LINES) as u64
+        );
+        assert_eq!(jobs.stats.report().restarted, 2);
+
+        let script = Script {
+            jobs: vec![failed; 4],
+            ..Script::default()
+        };
+        let (got, _, jobs) = fetch(script).await;
+        let err = got.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Job(JobError::Failed { starts: 4, .. }))
+                && err.is_splittable(),
+            "{err:?}"
+        );
+        assert_eq!(jobs.stats.report().failed, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_export_fails_the_window_so_that_it_is_split() {
+        let script = Script {
+            jobs: vec![vec![
+                Step("Running", false, 1),
+                Step("Completed", true, FILES),
+            ]],
+            ..Script::default()
+        };
+        let (got, shared, _) = fetch(script).await;
+        let err = got.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Job(JobError::Truncated { job: 1 })) && err.is_splittable(),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("exportTruncated"), "{err}");
+        assert!(shared.lock().unwrap().cancelled.len() <= 1);
+    }
+}
