@@ -42,6 +42,7 @@ use super::export::{ExportFetcher, Window};
 use super::pipeline::{self, Fetched};
 use crate::api::{ApiClient, ApiError, Family};
 use crate::convert::timestamp::format_for_query;
+use crate::progress::ENGINE_TARGET;
 use crate::sink::PartitionedWriter;
 
 pub use book::{BookError, JOBS_DIR, JobBook, JobRecord};
@@ -384,7 +385,7 @@ impl Run {
         let started: Started = read_json(resp, 0).await?;
         let job = started.job_id;
         self.jobs.stats.add(|s| &s.started, 1);
-        tracing::info!(stream = self.stream, window = %self.window, job, "export job started");
+        self.progress(job, "export job started");
         let record = JobRecord::new(self.stream, job, self.window);
         if let Err(source) = self.jobs.book.record(&record).await {
             self.cancel(job).await;
@@ -462,7 +463,7 @@ impl Run {
             if page.job_state == JobState::Completed {
                 if found == 0 {
                     self.jobs.stats.add(|s| &s.completed, 1);
-                    tracing::info!(stream = self.stream, window = %self.window, job, files = files.len(), "export job read");
+                    self.progress(job, "export job read");
                     return Ok(());
                 }
                 continue;
@@ -571,6 +572,23 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// An event of the progress bars' (and the log's), with the run's job counters.
+    fn progress(&self, job: i64, what: &'static str) {
+        let s = &self.jobs.stats;
+        tracing::info!(
+            target: ENGINE_TARGET,
+            stream = self.stream,
+            window = %self.window,
+            job,
+            jobs_queued = s.get(|s| &s.waiting) + s.get(|s| &s.enqueued),
+            jobs_running = s.get(|s| &s.running),
+            jobs_done = s.get(|s| &s.completed),
+            job_files = s.get(|s| &s.files),
+            job_bytes = s.get(|s| &s.bytes),
+            "{what}"
+        );
     }
 
     async fn feed(&mut self, piece: Bytes) -> Result<(), FetchError> {
