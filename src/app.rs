@@ -210,6 +210,9 @@ fn client(api: &ApiSettings, retry: Option<RetryPolicy>) -> Result<ApiClient> {
     if let Some(n) = api.metrics_requests_per_minute {
         cfg.metrics_requests_per_minute = n;
     }
+    if let Some(n) = api.export_job_requests_per_second {
+        cfg.export_job_requests_per_second = n;
+    }
     if let Some(retry) = retry {
         cfg.retry = retry;
         cfg.connect_timeout = Duration::from_secs(10);
@@ -937,6 +940,7 @@ mod tests {
             rate_limit_wait_seconds: 0.0,
             interrupted: false,
             lease_lost: false,
+            export_jobs: Default::default(),
         };
         let text = summary(&report);
         let line = |name: &str| {

@@ -9,6 +9,7 @@ use crate::api::Region;
 use crate::catalog::SyncMode;
 use crate::config::{Endpoint, Given, KeySpec, Layer, split_names};
 use crate::delta::TableFormat;
+use crate::sync::ExportApi;
 
 /// The exit codes, shown under every command's `--help` (and in the README).
 pub const EXIT_CODES: &str = "\
@@ -81,7 +82,8 @@ pub enum Command {
 pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
-    /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
+    /// list_users_requests_per_minute, metrics_requests_per_minute, export_api, export_jobs,
+    /// export_job_requests_per_second, events_max_users,
     /// min_replace_ratio, table_format, retain_removed, dedupe_memory_mib, api_key_file,
     /// api_key). Flags and environment variables win over it.
     #[arg(long, value_name = "FILE")]
@@ -114,6 +116,10 @@ pub struct SourceArgs {
     /// Campaign-metrics requests (campaigns/metrics) per minute (Iterable allows 10) [default: 10].
     #[arg(long, value_name = "N")]
     pub metrics_requests_per_minute: Option<u32>,
+    /// Export-job requests (start, files, cancel) per second, shared by all streams
+    /// (Iterable allows 1 per organization) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub export_job_requests_per_second: Option<u32>,
 }
 
 impl SourceArgs {
@@ -147,6 +153,9 @@ impl SourceArgs {
             metrics_requests_per_minute: self
                 .metrics_requests_per_minute
                 .map(|n| Given::flag("--metrics-requests-per-minute", i64::from(n))),
+            export_job_requests_per_second: self
+                .export_job_requests_per_second
+                .map(|n| Given::flag("--export-job-requests-per-second", i64::from(n))),
             ..Layer::default()
         }
     }
@@ -207,6 +216,14 @@ pub struct SyncArgs {
     /// Days that files a Delta commit replaced stay for readers of older versions [default: 7].
     #[arg(long, value_name = "DAYS")]
     pub retain_removed: Option<u32>,
+    /// How export streams are read: `stream` (data.json), `jobs` (an export job per window),
+    /// or `auto`: jobs for a backfill's windows, data.json for the recent tail [default: auto].
+    #[arg(long, value_enum)]
+    pub export_api: Option<ExportApi>,
+    /// Export jobs in flight at once, over all streams (Iterable processes 4 per
+    /// organization) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub export_jobs: Option<u32>,
 }
 
 /// A duration: seconds, or a number with `s`, `m` or `h`.
@@ -253,6 +270,10 @@ impl SyncArgs {
             retain_removed: self
                 .retain_removed
                 .map(|d| Given::flag("--retain-removed", i64::from(d))),
+            export_api: self.export_api.map(|a| Given::flag("--export-api", a)),
+            export_jobs: self
+                .export_jobs
+                .map(|n| Given::flag("--export-jobs", i64::from(n))),
             min_replace_ratio: self
                 .min_replace_ratio
                 .map(|v| Given::flag("--min-replace-ratio", v)),

@@ -65,7 +65,8 @@ impl ExportFetcher {
         })
     }
 
-    fn data_type(&self) -> (&'static str, Option<&'static str>) {
+    /// The data type spelling in use, and the other one while the first is not refused.
+    pub(super) fn data_type(&self) -> (&'static str, Option<&'static str>) {
         if self.use_alt_spelling.load(Ordering::Relaxed) {
             (self.alt_data_type.unwrap_or(self.data_type), None)
         } else {

@@ -163,6 +163,7 @@ impl StreamCtx<'_> {
     async fn fetch_unit(
         &self,
         fetcher: &ExportFetcher,
+        backfill: bool,
         unit: Window,
         dir: &str,
         bucketing: Option<&Bucketing>,
@@ -199,7 +200,13 @@ impl StreamCtx<'_> {
             };
             p.report.windows += 1;
             let t0 = Instant::now();
-            match fetcher.fetch(w, writer).await {
+            let o = self.opts();
+            let fetched =
+                match plan::uses_jobs(o.export_api, backfill, w.end, self.end(), o.lookback_days) {
+                    true => fetcher.fetch_by_job(&self.run.jobs, w, writer).await,
+                    false => fetcher.fetch(w, writer).await,
+                };
+            match fetched {
                 Ok(f) => {
                     tracing::info!(stream = self.stream.name, window = %w, rows = f.rows, bytes = f.body_bytes, secs = t0.elapsed().as_secs_f64(), "window fetched");
                     if f.malformed > 0 {
@@ -330,7 +337,14 @@ impl StreamCtx<'_> {
                 cut,
                 longest_ok,
             } = match self
-                .fetch_unit(&fetcher, unit, &dir, bucketing.as_ref(), p)
+                .fetch_unit(
+                    &fetcher,
+                    cursor.is_none(),
+                    unit,
+                    &dir,
+                    bucketing.as_ref(),
+                    p,
+                )
                 .await
             {
                 Ok(f) => f,
@@ -478,7 +492,7 @@ impl StreamCtx<'_> {
                 self.run.delete_files(&all).await;
                 return Ok(());
             }
-            let error = match self.fetch_unit(&fetcher, unit, &dir, None, p).await {
+            let error = match self.fetch_unit(&fetcher, false, unit, &dir, None, p).await {
                 Ok(UnitFetch {
                     files,
                     failure: None,

@@ -51,7 +51,8 @@ pub fn assert_absent_in_tree(dir: &Path, needle: &str) -> usize {
     files
 }
 
-/// `args` with the export, list-users and metrics rate limits lifted, as the fake allows.
+/// `args` with the export, export-job, list-users and metrics rate limits lifted, as the fake
+/// allows.
 pub fn unlimited<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = args.to_vec();
     all.extend([
@@ -60,6 +61,8 @@ pub fn unlimited<'a>(args: &[&'a str]) -> Vec<&'a str> {
         "--list-users-requests-per-minute",
         "100000",
         "--metrics-requests-per-minute",
+        "100000",
+        "--export-job-requests-per-second",
         "100000",
     ]);
     all

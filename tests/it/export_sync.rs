@@ -20,7 +20,7 @@ use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use crate::lake::{fake_client, live_batches};
 use crate::support;
 
-fn t(s: &str) -> DateTime<Utc> {
+pub(crate) fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
@@ -28,7 +28,11 @@ fn client(fake: &FakeIterable) -> ApiClient {
     fake_client(fake, 8)
 }
 
-fn options(streams: Vec<&'static StreamDef>, start: &str, now: DateTime<Utc>) -> SyncOptions {
+pub(crate) fn options(
+    streams: Vec<&'static StreamDef>,
+    start: &str,
+    now: DateTime<Utc>,
+) -> SyncOptions {
     let mut o = SyncOptions::new(streams);
     o.start = Some(t(start));
     o.now = now;
@@ -136,7 +140,7 @@ async fn assert_no_stray_files(lake: &LakeStore, stream: &StreamDef) {
     assert_eq!(found, live, "{}", stream.name);
 }
 
-async fn assert_exact(
+pub(crate) async fn assert_exact(
     fake: &FakeIterable,
     lake: &LakeStore,
     stream: &StreamDef,
@@ -155,7 +159,7 @@ async fn assert_exact(
     assert_no_stray_files(lake, stream).await;
 }
 
-const START: &str = "2024-01-01T00:00:00Z";
+pub(crate) const START: &str = "2024-01-01T00:00:00Z";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_export_stream_lands_exactly_once_on_local_disk() {

@@ -49,6 +49,7 @@ pub fn fake_client(fake: &FakeIterable, retries: u32) -> ApiClient {
     cfg.export_requests_per_minute = 60_000;
     cfg.list_users_requests_per_minute = 60_000;
     cfg.metrics_requests_per_minute = 60_000;
+    cfg.export_job_requests_per_second = 1000;
     cfg.retry = RetryPolicy {
         max_retries: retries,
         base_delay: Duration::from_millis(10),

@@ -12,6 +12,7 @@ mod export_sync;
 mod fake_export;
 mod fake_rest;
 mod harness;
+mod jobs;
 mod lake;
 mod metrics_events;
 mod rest_sync;

@@ -1,0 +1,269 @@
+//! Export streams read through Iterable's export jobs (`--export-api jobs`/`auto`) from the
+//! fake over HTTP: exact against the fake's truth, the key never sent with a file, and jobs
+//! recorded in the lake until their windows are done.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use iterable_lake::catalog;
+use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::sink::LakeStore;
+use iterable_lake::sync::{self, ExportApi, StreamStatus, SyncOptions};
+
+use crate::bin::{BIN, text, unlimited};
+use crate::export_sync::{START, assert_exact, options, t};
+use crate::lake::fake_client;
+
+/// Options reading through jobs, polling fast (the fake's jobs move one step per poll).
+fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
+    let streams = streams.iter().map(|s| catalog::find(s).unwrap()).collect();
+    let mut o = options(streams, START, t(now));
+    o.export_api = ExportApi::Jobs;
+    o.jobs.poll_min = Duration::from_millis(20);
+    o.jobs.poll_max = Duration::from_millis(100);
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_export_stream_through_jobs_lands_exactly_once_on_local_disk() {
+    let fake = FakeIterable::start(FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(3)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let end = "2024-01-04T00:00:00Z";
+    fake.set_now(t(end));
+    let names: Vec<&str> = catalog::export_streams().map(|s| s.name).collect();
+    let report = sync::run(
+        lake.clone(),
+        fake_client(&fake, 4),
+        jobs_options(&names, end),
+    )
+    .await
+    .unwrap();
+    for s in &report.streams {
+        assert_eq!(s.status, StreamStatus::Succeeded, "{}", s.stream);
+    }
+    for s in catalog::export_streams() {
+        assert_exact(&fake, &lake, s, START, t(end)).await;
+    }
+    assert_eq!(fake.requests("/api/export/data.json"), 0);
+    let jobs = &report.export_jobs;
+    assert!(
+        jobs.started >= 51 && jobs.completed == jobs.started,
+        "{jobs:?}"
+    );
+    assert!(
+        jobs.files > jobs.completed,
+        "files split at 4 KiB: {jobs:?}"
+    );
+    assert!(
+        !dir.path().join("_jobs").exists()
+            || std::fs::read_dir(dir.path().join("_jobs"))
+                .unwrap()
+                .all(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count() == 0),
+        "every job record is deleted once its window is read"
+    );
+}
+
+/// Run the binary with `args` and the fake's key.
+fn cli(args: &[String], key: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("ITERABLE_API_KEY", key)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// `sync` of `streams` from the fake into `dest` up to `end`, with the rate limits lifted.
+fn sync_args(dest: &str, base: &str, streams: &str, end: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = unlimited(&[
+        "sync",
+        "--dest",
+        dest,
+        "--base-url",
+        base,
+        "--streams",
+        streams,
+        "--start-date",
+        "2024-01-01",
+        "--end-date",
+        end,
+        "--lag",
+        "0",
+    ]);
+    a.extend(extra);
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// The states of the jobs the fake holds (`GET /api/export/jobs`).
+async fn fake_job_states(fake: &FakeIterable) -> Vec<String> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}export/jobs", fake.base_url()))
+        .header("Api-Key", &fake.config().api_key)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jobState"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs() {
+    let fake = FakeIterable::start(FakeConfig::small(5)).await.unwrap();
+    let key = fake.config().api_key.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_str().unwrap().to_string();
+    let base = fake.base_url();
+    let first = "2024-01-03T00:00:00Z";
+    fake.set_now(t(first));
+    let streams = "email_send,email_open";
+    let o = cli(&sync_args(&dest, &base, streams, first, &[]), &key);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (starts, streamed) = (
+        fake.requests("/api/export/start"),
+        fake.requests("/api/export/data.json"),
+    );
+    assert!(
+        starts >= 2 && streamed == 0,
+        "a first run is a backfill: {starts} {streamed}"
+    );
+
+    let next = "2024-01-04T00:00:00Z";
+    fake.set_now(t(next));
+    let dry = cli(
+        &sync_args(&dest, &base, streams, next, &["--dry-run"]),
+        &key,
+    );
+    let out = text(&dry);
+    assert!(
+        out.contains("via data.json") && !out.contains("via an export job,"),
+        "{out}"
+    );
+    let o = cli(&sync_args(&dest, &base, streams, next, &[]), &key);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        fake.requests("/api/export/start"),
+        starts,
+        "the tail is no backfill"
+    );
+    let streamed = fake.requests("/api/export/data.json");
+    assert!(streamed >= 2);
+
+    let reset = cli(
+        &["state", "--dest", &dest, "reset", "email_open"].map(String::from),
+        &key,
+    );
+    assert_eq!(reset.status.code(), Some(0), "{}", text(&reset));
+    let last = "2024-01-04T12:00:00Z";
+    fake.set_now(t(last));
+    let dry = cli(
+        &sync_args(&dest, &base, streams, last, &["--dry-run"]),
+        &key,
+    );
+    let out = text(&dry);
+    let open = out
+        .lines()
+        .skip_while(|l| !l.starts_with("email_open"))
+        .nth(1)
+        .unwrap();
+    assert!(open.contains("via an export job"), "{out}");
+    let o = cli(&sync_args(&dest, &base, streams, last, &[]), &key);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        fake.requests("/api/export/start") > starts,
+        "the reset stream is a backfill"
+    );
+    assert_eq!(
+        fake.requests("/api/export/data.json"),
+        streamed + 1,
+        "email_send's tail only"
+    );
+    let lake = LakeStore::open(&dest).unwrap();
+    for s in ["email_send", "email_open"] {
+        assert_exact(&fake, &lake, catalog::find(s).unwrap(), START, t(last)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_backfill_killed_and_rerun_is_exact_and_leaves_no_job_running() {
+    let fake = FakeIterable::start(FakeConfig::small(6)).await.unwrap();
+    let key = fake.config().api_key.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_str().unwrap().to_string();
+    let end = "2024-01-04T00:00:00Z";
+    fake.set_now(t(end));
+    let streams = "email_send,email_open,email_click,push_send,sms_send,users";
+    let args = sync_args(
+        &dest,
+        &fake.base_url(),
+        streams,
+        end,
+        &["--export-api", "jobs"],
+    );
+    let jobs_dir = dir.path().join("_jobs");
+    let (first, key1) = (args.clone(), key.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&first)
+            .env("ITERABLE_API_KEY", &key1)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let count = || -> usize {
+            std::fs::read_dir(&jobs_dir)
+                .map(|d| {
+                    d.flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        while t0.elapsed() < Duration::from_secs(60) && count() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SIGKILL: nothing of the run's own cleanup happens.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        count()
+    })
+    .await
+    .unwrap();
+    assert!(recorded >= 2, "killed while jobs were recorded: {recorded}");
+    let left = fake_job_states(&fake).await;
+    assert!(
+        left.iter().any(|s| s == "Enqueued" || s == "Running"),
+        "{left:?}"
+    );
+
+    let o = tokio::task::spawn_blocking(move || cli(&args, &key))
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let states = fake_job_states(&fake).await;
+    assert!(
+        states.iter().all(|s| s == "Completed" || s == "Failed"),
+        "a job the tool started is still running: {states:?}"
+    );
+    let lake = LakeStore::open(&dest).unwrap();
+    for s in streams.split(',') {
+        assert_exact(&fake, &lake, catalog::find(s).unwrap(), START, t(end)).await;
+    }
+    let records = std::fs::read_dir(dir.path().join("_jobs"))
+        .map(|d| {
+            d.flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(records, 0, "every record is gone");
+}
