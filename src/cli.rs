@@ -422,7 +422,38 @@ pub struct FakeApiArgs {
     #[arg(long)]
     pub cache_bodies: bool,
     #[command(flatten)]
+    pub jobs: FakeJobArgs,
+    #[command(flatten)]
     pub faults: FakeFaultArgs,
+}
+
+/// How the fake's export jobs run. Iterable documents the file size, the cap, the URL life
+/// and the 4 jobs at once; the queue and run times and the rate are the speed model's
+/// assumptions.
+#[derive(Debug, Args)]
+pub struct FakeJobArgs {
+    /// How long a started (or restarted) job waits Enqueued before it may take a slot.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub job_queue_ms: u64,
+    /// The shortest time a job runs.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub job_run_ms: u64,
+    /// How fast each running job writes its files [default: every job runs --job-run-ms].
+    #[arg(long, value_name = "BYTES")]
+    pub job_bytes_per_second: Option<u64>,
+    /// Jobs processing at once; later ones wait Enqueued (Iterable: 4 per organization).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub job_max_running: usize,
+    /// The largest job file (Iterable: 10 MB).
+    #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub job_file_bytes: usize,
+    /// An export's cap: files past it are not written and the job says exportTruncated
+    /// (Iterable: 100 GB).
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 30)]
+    pub job_max_bytes: u64,
+    /// How long a file URL stays valid (Iterable: 30m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait, default_value = "30m")]
+    pub job_url_lifetime: std::time::Duration,
 }
 
 /// The faults `fake-api` injects (all off by default), for the torture suite and for trying
@@ -473,6 +504,37 @@ pub struct FakeFaultArgs {
         requires = "cut_off_clean"
     )]
     pub cut_off_clean_bytes: usize,
+    /// Admit at most N requests a second to each of export/start, export/{jobId}/files and
+    /// DELETE export/{jobId}, and answer the rest 429 (Iterable: 1) [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub job_rate: Option<u32>,
+    /// The first N export jobs go back from Running to Enqueued once, halfway through.
+    #[arg(long, value_name = "N")]
+    pub job_restarts: Option<u32>,
+    /// The first N export jobs turn Failed halfway through.
+    #[arg(long, value_name = "N")]
+    pub job_failures: Option<u32>,
+    /// The first N export jobs complete with exportTruncated and half their files.
+    #[arg(long, value_name = "N")]
+    pub job_truncations: Option<u32>,
+    /// The first N job file downloads answer 403 "Request has expired".
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub expired_urls: u32,
+    /// Cut the first N job file downloads off mid-line, short of their Content-Length.
+    #[arg(long, value_name = "N")]
+    pub cut_downloads: Option<u32>,
+    /// How many body bytes a download cut by --cut-downloads holds, about.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 4096,
+        requires = "cut_downloads"
+    )]
+    pub cut_downloads_bytes: usize,
+    /// Stream each data.json response at most this fast (the speed model's assumption of
+    /// Iterable's streaming rate per request) [default: as fast as generated].
+    #[arg(long, value_name = "BYTES")]
+    pub stream_bytes_per_second: Option<u64>,
 }
 
 /// A share between 0 and 1.
