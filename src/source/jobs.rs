@@ -12,7 +12,8 @@
 //! - Faults: a job that goes back from `Running` to `Enqueued` is simply polled on. A job that
 //!   fails before any of its bytes were fed is started again ([`JobSettings::restarts`]
 //!   times); after that, or once bytes were fed, the window fails ([`JobError::Failed`],
-//!   splittable). `exportTruncated` fails the window so that it is split. A file URL answering
+//!   splittable); so does a file answering 404 because its job failed meanwhile.
+//!   `exportTruncated` fails the window so that it is split. A file URL answering
 //!   403 (expired) is listed again for a fresh one. A download cut off (connection reset, a
 //!   body shorter than its `Content-Length`, a body ending inside a record) is requested again
 //!   from the file's start, and the bytes already fed are skipped: a job's files do not
@@ -531,6 +532,19 @@ impl Run {
                     tracing::info!(stream = self.stream, job, file = %name, "file URL refused (expired); listing the job again");
                     self.refresh(job, files, k).await?;
                     continue;
+                }
+                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                    // A job that failed takes its files with it.
+                    let after = k.checked_sub(1).map(|p| files[p].file.clone());
+                    if self.list(job, after.as_deref()).await?.job_state == JobState::Failed {
+                        return Err(JobEnd::Failed);
+                    }
+                    return Err(JobError::Download {
+                        job,
+                        file: name,
+                        status: 404,
+                    }
+                    .into());
                 }
                 Ok(resp) => {
                     return Err(JobError::Download {

@@ -5,14 +5,17 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use iterable_lake::catalog;
-use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults, FirstJobs};
 use iterable_lake::sink::LakeStore;
-use iterable_lake::sync::{self, ExportApi, StreamStatus, SyncOptions};
+use iterable_lake::source::jobs::JOBS_DIR;
+use iterable_lake::sync::{self, ExportApi, RunReport, StreamStatus, SyncOptions};
 
 use crate::bin::{BIN, text, unlimited};
 use crate::export_sync::{START, assert_exact, options, t};
 use crate::lake::fake_client;
+use crate::support;
 
 /// Options reading through jobs, polling fast (the fake's jobs move one step per poll).
 fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
@@ -24,49 +27,127 @@ fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
     o
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_export_stream_through_jobs_lands_exactly_once_on_local_disk() {
-    let fake = FakeIterable::start(FakeConfig {
-        job_file_bytes: 4 << 10,
-        ..FakeConfig::small(3)
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
-    let end = "2024-01-04T00:00:00Z";
-    fake.set_now(t(end));
+/// Sync every export stream through jobs from a fake with `cfg` into `lake`, up to `END`, and
+/// check each against the fake's truth; no data.json request, no file request with the key,
+/// and no job record left.
+async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunReport {
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(t(END));
     let names: Vec<&str> = catalog::export_streams().map(|s| s.name).collect();
     let report = sync::run(
         lake.clone(),
-        fake_client(&fake, 4),
-        jobs_options(&names, end),
+        fake_client(&fake, 6),
+        jobs_options(&names, END),
     )
     .await
     .unwrap();
     for s in &report.streams {
-        assert_eq!(s.status, StreamStatus::Succeeded, "{}", s.stream);
+        assert_eq!(
+            s.status,
+            StreamStatus::Succeeded,
+            "{}: {:?}",
+            s.stream,
+            s.quarantined
+        );
     }
     for s in catalog::export_streams() {
-        assert_exact(&fake, &lake, s, START, t(end)).await;
+        assert_exact(&fake, lake, s, START, t(END)).await;
     }
     assert_eq!(fake.requests("/api/export/data.json"), 0);
+    assert_eq!(
+        fake.keyed_file_requests(),
+        0,
+        "a file request carried the key"
+    );
+    let records: Vec<_> = lake
+        .store
+        .list(Some(&lake.path(JOBS_DIR)))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        records.is_empty(),
+        "every job record is deleted: {records:?}"
+    );
     let jobs = &report.export_jobs;
     assert!(
-        jobs.started >= 51 && jobs.completed == jobs.started,
+        jobs.started >= 51 && jobs.files >= jobs.completed,
         "{jobs:?}"
     );
+    report
+}
+
+const END: &str = "2024-01-04T00:00:00Z";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_export_stream_through_jobs_lands_exactly_once_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let cfg = FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(3)
+    };
+    let report = every_stream_through_jobs(cfg, &lake).await;
+    let jobs = &report.export_jobs;
+    assert_eq!(jobs.completed, jobs.started, "{jobs:?}");
     assert!(
         jobs.files > jobs.completed,
         "files split at 4 KiB: {jobs:?}"
     );
+}
+
+/// Every job fault the fake has, at once: 429s past 20 job requests a second, restarts
+/// (Running -> Enqueued), failures, truncations, expired URLs and downloads cut mid-line.
+fn faulty(seed: u64) -> FakeConfig {
+    let mut cfg = FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(seed)
+    };
+    let first = |jobs| {
+        Some(FirstJobs {
+            data_type: None,
+            jobs,
+        })
+    };
+    cfg.faults = Faults {
+        export_rate: None,
+        job_rate: Some((20, Duration::from_secs(1))),
+        job_restart: first(12),
+        job_failure: first(6),
+        job_truncation: first(3),
+        expired_urls: 5,
+        cut_downloads: Some(CutOff {
+            data_type: None,
+            after_bytes: 1500,
+            first_requests: 8,
+        }),
+        ..Faults::default()
+    };
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_fault_at_once_still_gives_exact_streams_locally_and_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let report = every_stream_through_jobs(faulty(8), &lake).await;
+    let jobs = &report.export_jobs;
     assert!(
-        !dir.path().join("_jobs").exists()
-            || std::fs::read_dir(dir.path().join("_jobs"))
-                .unwrap()
-                .all(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count() == 0),
-        "every job record is deleted once its window is read"
+        jobs.failed > 0 && jobs.restarted + jobs.failed >= 6,
+        "{jobs:?}"
     );
+    let split: u64 = report.streams.iter().map(|s| s.window_retries).sum();
+    assert!(
+        split >= 3,
+        "truncated and failed windows were split: {split}"
+    );
+    assert!(report.rate_limited > 0, "{report:?}");
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
+    every_stream_through_jobs(faulty(9), &lake).await;
 }
 
 /// Run the binary with `args` and the fake's key.
