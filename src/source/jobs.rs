@@ -27,7 +27,7 @@
 //!   is done with it, so that the next run can resume or cancel what a killed run left.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -272,6 +272,10 @@ struct Run {
     jobs: Arc<Jobs>,
     stream: &'static str,
     data_type: &'static str,
+    /// The other spelling of the data type, while the first is not refused.
+    alt_data_type: Option<&'static str>,
+    /// Set when the server refused the first spelling (the fetcher's flag).
+    use_alt_spelling: Arc<AtomicBool>,
     window: Window,
     body: mpsc::Sender<Bytes>,
     /// Whether any byte went to the pipeline.
@@ -293,6 +297,8 @@ impl ExportFetcher {
             jobs: jobs.clone(),
             stream: self.stream.name,
             data_type: self.data_type().0,
+            alt_data_type: self.data_type().1,
+            use_alt_spelling: self.alt_spelling_flag(),
             window,
             body: tx,
             fed: false,
@@ -371,18 +377,24 @@ impl Run {
         }
     }
 
-    /// Start the window's job and record it in the lake.
-    async fn start(&self) -> Result<i64, FetchError> {
-        let request = json!({
-            "dataTypeName": self.data_type,
-            "outputFormat": "application/x-json-stream",
-            "startDateTime": format_for_query(self.window.start),
-            "endDateTime": format_for_query(self.window.end),
-        });
-        let resp = self
-            .client
-            .post_json(Family::ExportJobs, "export/start", &request)
-            .await?;
+    /// Start the window's job and record it in the lake. A data type spelling the server
+    /// refuses (400) is tried in its other spelling, as for `data.json`.
+    async fn start(&mut self) -> Result<i64, FetchError> {
+        let resp = match (self.post_start(self.data_type).await, self.alt_data_type) {
+            (Err(ApiError::Status { status: 400, .. }), Some(alt)) => {
+                tracing::info!(
+                    stream = self.stream,
+                    rejected = self.data_type,
+                    trying = alt,
+                    "data type spelling rejected"
+                );
+                let resp = self.post_start(alt).await?;
+                self.use_alt_spelling.store(true, Ordering::Relaxed);
+                (self.data_type, self.alt_data_type) = (alt, None);
+                resp
+            }
+            (resp, _) => resp?,
+        };
         let started: Started = read_json(resp, 0).await?;
         let job = started.job_id;
         self.jobs.stats.add(|s| &s.started, 1);
@@ -393,6 +405,18 @@ impl Run {
             return Err(JobError::Book { job, source }.into());
         }
         Ok(job)
+    }
+
+    async fn post_start(&self, data_type: &str) -> Result<reqwest::Response, ApiError> {
+        let request = json!({
+            "dataTypeName": data_type,
+            "outputFormat": "application/x-json-stream",
+            "startDateTime": format_for_query(self.window.start),
+            "endDateTime": format_for_query(self.window.end),
+        });
+        self.client
+            .post_json(Family::ExportJobs, "export/start", &request)
+            .await
     }
 
     /// Cancel `job` (it failed on our side, or is no longer wanted), and forget it. A job

@@ -348,3 +348,28 @@ async fn a_jobs_backfill_killed_and_rerun_is_exact_and_leaves_no_job_running() {
         .unwrap_or(0);
     assert_eq!(records, 0, "every record is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_falls_back_to_the_data_type_spelling_the_server_accepts() {
+    let mut cfg = FakeConfig::small(6);
+    cfg.faults.rejected_data_types = vec!["emailUnSubscribe".into()];
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    fake.set_now(t(END));
+    let mut opts = jobs_options(&["email_unsubscribe"], END);
+    opts.window.initial_days = 1;
+    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
+    assert!(s.windows >= 2, "{}", s.windows);
+    let unsub = catalog::find("email_unsubscribe").unwrap();
+    assert_exact(&fake, &lake, unsub, START, t(END)).await;
+    assert_eq!(
+        fake.requests("/api/export/start"),
+        s.windows + 1,
+        "one rejected start, then the accepted spelling for every window"
+    );
+}
