@@ -332,24 +332,29 @@ fn body(
 impl Run {
     async fn drive(mut self) -> Result<(), FetchError> {
         let mut starts = 0u32;
+        let mut tried_resume = false;
         loop {
             let stats = &self.jobs.stats;
             stats.add(|s| &s.waiting, 1);
             let slot = self.jobs.slots.clone().acquire_owned().await;
             stats.sub(|s| &s.waiting);
             let slot = slot.map_err(|_| FetchError::Task("export job slots".into()))?;
-            let taken = match starts {
-                0 => self.jobs.book.take(self.stream, self.window),
-                _ => None,
+            let taken = match tried_resume {
+                false => self.jobs.book.take(self.stream, self.window),
+                true => None,
             };
+            tried_resume = true;
+            let resumed = taken.is_some();
             let job = match taken {
                 Some(job) => {
                     tracing::info!(stream = self.stream, window = %self.window, job, "following the export job an earlier run started");
                     job
                 }
-                None => self.start().await?,
+                None => {
+                    starts += 1;
+                    self.start().await?
+                }
             };
-            starts += 1;
             let t0 = Instant::now();
             let ended = self.follow(job, slot).await;
             self.jobs
@@ -364,10 +369,18 @@ impl Run {
                     self.jobs.stats.add(|s| &s.failed, 1);
                     self.jobs.book.forget(self.stream, job).await;
                     if self.fed || starts > self.jobs.settings.restarts {
-                        return Err(JobError::Failed { job, starts }.into());
+                        return Err(JobError::Failed {
+                            job,
+                            starts: starts.max(1),
+                        }
+                        .into());
                     }
                     self.jobs.stats.add(|s| &s.restarted, 1);
                     tracing::warn!(stream = self.stream, window = %self.window, job, "export job failed; starting it again");
+                }
+                Err(JobEnd::Error(e)) if resumed && !self.fed => {
+                    tracing::warn!(stream = self.stream, window = %self.window, job, error = %e, "the export job an earlier run started cannot be followed; starting another");
+                    self.cancel(job).await;
                 }
                 Err(JobEnd::Error(e)) => {
                     self.cancel(job).await;
@@ -419,25 +432,20 @@ impl Run {
             .await
     }
 
-    /// Cancel `job` (it failed on our side, or is no longer wanted), and forget it. A job
-    /// already finished answers 400: nothing to cancel.
+    /// Cancel `job` (it failed on our side, or is no longer wanted), and forget it.
     async fn cancel(&self, job: i64) {
-        match self
-            .client
-            .delete(Family::ExportJobs, &format!("export/{job}"))
-            .await
-        {
-            Ok(_) => {
-                self.jobs.stats.add(|s| &s.cancelled, 1);
-                tracing::info!(stream = self.stream, job, "export job cancelled");
+        match book::cancel(&self.client, job).await {
+            Ok(cancelled) => {
+                if cancelled {
+                    self.jobs.stats.add(|s| &s.cancelled, 1);
+                    tracing::info!(stream = self.stream, job, "export job cancelled");
+                }
+                self.jobs.book.forget(self.stream, job).await;
             }
-            Err(ApiError::Status { status: 400, .. }) => {}
             Err(e) => {
                 tracing::warn!(stream = self.stream, job, error = %e, "cancelling an export job failed; the next run cancels it");
-                return;
             }
         }
-        self.jobs.book.forget(self.stream, job).await;
     }
 
     /// One `files` call: the job's state and the files after `after`.
@@ -761,6 +769,10 @@ mod tests {
         headers: HeaderMap,
     ) -> Response {
         let mut s = s.lock().unwrap();
+        if !s.polls.contains_key(&id) {
+            let body = json!({ "code": "NotFound", "msg": "no such job" });
+            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        }
         let script = s.jobs[(id - 1) as usize].clone();
         let poll = s.polls.get_mut(&id).unwrap();
         let Step(state, truncated, listed) = script[(*poll).min(script.len() - 1)];
@@ -810,6 +822,14 @@ mod tests {
 
     /// Serve `script`; fetch one window of `email_send` through it.
     async fn fetch(script: Script) -> (Result<Fetched, FetchError>, Shared, Arc<Jobs>) {
+        fetch_with(script, JobBook::none()).await
+    }
+
+    /// [`fetch`] with `book` holding the records of earlier runs.
+    async fn fetch_with(
+        script: Script,
+        book: JobBook,
+    ) -> (Result<Fetched, FetchError>, Shared, Arc<Jobs>) {
         let shared: Shared = Arc::new(Mutex::new(script));
         let app = axum::Router::new()
             .route("/api/export/start", post(start))
@@ -830,7 +850,7 @@ mod tests {
             poll_max: Duration::from_millis(20),
             ..JobSettings::default()
         };
-        let jobs = Arc::new(Jobs::new(settings, JobBook::none()));
+        let jobs = Arc::new(Jobs::new(settings, book));
         let (decoder, writer) = email_send_run();
         let stream = catalog::find("email_send").unwrap();
         let fetcher = ExportFetcher::new(client, stream, decoder).unwrap();
@@ -929,5 +949,39 @@ mod tests {
         );
         assert!(err.to_string().contains("exportTruncated"), "{err}");
         assert!(shared.lock().unwrap().cancelled.len() <= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recorded_job_iterable_no_longer_knows_is_forgotten_and_started_afresh() {
+        let lake = crate::sink::LakeStore::in_memory();
+        let window = Window { start: 0, end: 1 };
+        let old = JobBook::open(lake.clone(), "r0", 1, chrono::Duration::hours(6))
+            .await
+            .unwrap();
+        old.record(&JobRecord::new("email_send", 99, window))
+            .await
+            .unwrap();
+        let book = JobBook::open(lake.clone(), "r1", 2, chrono::Duration::hours(6))
+            .await
+            .unwrap();
+        let script = Script {
+            jobs: vec![vec![
+                Step("Running", false, 1),
+                Step("Completed", false, FILES),
+            ]],
+            ..Script::default()
+        };
+        let (got, _, jobs) = fetch_with(script, book).await;
+        assert_eq!(
+            got.expect("read through a new job").rows,
+            (FILES * LINES) as u64
+        );
+        assert_eq!(jobs.stats.report().started, 1);
+        let left: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            lake.store.list(Some(&lake.path(JOBS_DIR))),
+        )
+        .await
+        .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
