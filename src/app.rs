@@ -365,12 +365,13 @@ pub fn summary(report: &RunReport) -> String {
     let jobs = &report.export_jobs;
     if jobs.started + jobs.completed > 0 {
         out += &format!(
-            "export jobs: {} started, {} read whole ({} restarted, {} failed, {} cancelled), {} files, {} bytes, {:.1} s waiting on Iterable\n",
+            "export jobs: {} started, {} read whole ({} restarted, {} failed, {} cancelled), at most {} at once, {} files, {} bytes, {:.1} s waiting on Iterable\n",
             jobs.started,
             jobs.completed,
             jobs.restarted,
             jobs.failed,
             jobs.cancelled,
+            jobs.most_in_flight,
             jobs.files,
             jobs.bytes,
             jobs.wait_seconds
@@ -960,12 +961,13 @@ mod tests {
                 files: 9,
                 bytes: 4096,
                 wait_seconds: 12.0,
+                most_in_flight: 2,
                 ..Default::default()
             },
         };
         let text = summary(&report);
         assert!(
-            text.contains("export jobs: 3 started, 2 read whole (0 restarted, 0 failed, 0 cancelled), 9 files, 4096 bytes, 12.0 s waiting on Iterable"),
+            text.contains("export jobs: 3 started, 2 read whole (0 restarted, 0 failed, 0 cancelled), at most 2 at once, 9 files, 4096 bytes, 12.0 s waiting on Iterable"),
             "{text}"
         );
         let line = |name: &str| {

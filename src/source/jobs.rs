@@ -61,6 +61,9 @@ pub struct JobSettings {
     pub poll_min: Duration,
     /// The longest wait between two polls (it doubles while nothing new is listed).
     pub poll_max: Duration,
+    /// Polls of a job given up by the client (429s, 5xx, connections) before the window
+    /// fails.
+    pub poll_failures: u32,
     /// Attempts at one file (cut-off downloads, connection errors) before the window fails.
     pub download_attempts: u32,
     /// Fresh URLs asked for one file after 403s before the window fails.
@@ -75,7 +78,8 @@ impl Default for JobSettings {
             max_jobs: 4,
             restarts: 3,
             poll_min: Duration::from_secs(1),
-            poll_max: Duration::from_secs(15),
+            poll_max: Duration::from_secs(5),
+            poll_failures: 10,
             download_attempts: 5,
             url_refreshes: 5,
             resume_within: chrono::Duration::hours(6),
@@ -141,6 +145,8 @@ pub struct JobStats {
     pub bytes: AtomicU64,
     /// Time from each job's start to its `Completed` (or end), summed over jobs.
     pub wait_ms: AtomicU64,
+    /// The most jobs `Enqueued` or `Running` at once.
+    pub most_in_flight: AtomicU64,
 }
 
 impl JobStats {
@@ -167,6 +173,7 @@ impl JobStats {
             files: self.get(|s| &s.files),
             bytes: self.get(|s| &s.bytes),
             wait_seconds: self.get(|s| &s.wait_ms) as f64 / 1000.0,
+            most_in_flight: self.get(|s| &s.most_in_flight),
         }
     }
 }
@@ -183,6 +190,8 @@ pub struct JobsReport {
     pub bytes: u64,
     /// Seconds from each job's start to its completion, summed over jobs.
     pub wait_seconds: f64,
+    /// The most jobs in flight (`Enqueued` or `Running`) at once.
+    pub most_in_flight: u64,
 }
 
 /// The run's export jobs: their slots, settings, counters and where they are recorded.
@@ -448,17 +457,37 @@ impl Run {
         }
     }
 
-    /// One `files` call: the job's state and the files after `after`.
+    /// One `files` call: the job's state and the files after `after`. The job goes on at
+    /// Iterable whatever happens to a poll, so a poll the client gave up on for 429s (the
+    /// organization's budget is shared), 5xx or a lost connection is tried again after
+    /// [`JobSettings::poll_max`], up to [`JobSettings::poll_failures`] times.
     async fn list(&self, job: i64, after: Option<&str>) -> Result<StatusAndFiles, FetchError> {
         let query: Vec<(&str, String)> = after
             .map(|a| ("startAfter", a.to_string()))
             .into_iter()
             .collect();
-        let resp = self
-            .client
-            .get(Family::ExportJobs, &format!("export/{job}/files"), &query)
-            .await?;
-        read_json(resp, job).await
+        let mut failures = 0;
+        loop {
+            match self
+                .client
+                .get(Family::ExportJobs, &format!("export/{job}/files"), &query)
+                .await
+            {
+                Ok(resp) => return read_json(resp, job).await,
+                Err(
+                    e @ (ApiError::Status {
+                        status: 429 | 500..,
+                        ..
+                    }
+                    | ApiError::Transport { .. }),
+                ) if failures < self.jobs.settings.poll_failures => {
+                    failures += 1;
+                    tracing::warn!(stream = self.stream, job, error = %e, "polling the export job failed; polling again later");
+                    tokio::time::sleep(self.jobs.settings.poll_max).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Poll `job` until it completes, downloading each file as it is listed. `slot` is
@@ -679,6 +708,10 @@ impl<'s> Gauge<'s> {
             self.stats.add(pick, 1);
         }
         self.state = Some(state);
+        let in_flight = self.stats.get(|s| &s.enqueued) + self.stats.get(|s| &s.running);
+        self.stats
+            .most_in_flight
+            .fetch_max(in_flight, Ordering::Relaxed);
     }
 }
 
