@@ -217,8 +217,9 @@ pub struct SyncArgs {
     #[arg(long, value_name = "DAYS")]
     pub retain_removed: Option<u32>,
     /// How export streams are read: `stream` (data.json), `jobs` (an export job per window),
-    /// or `auto`: jobs for a backfill's windows, data.json for the recent tail [default: auto].
-    #[arg(long, value_enum)]
+    /// or `auto`: jobs for a backfill's windows, data.json for the recent tail; the last one
+    /// given wins [default: auto].
+    #[arg(long, value_enum, overrides_with = "export_api")]
     pub export_api: Option<ExportApi>,
     /// Export jobs in flight at once, over all streams (Iterable processes 4 per
     /// organization) [default: 4].
@@ -605,6 +606,8 @@ mod tests {
             "2",
             "--min-replace-ratio",
             "0.25",
+            "--export-api",
+            "jobs",
             "--export-api",
             "stream",
             "--export-jobs",

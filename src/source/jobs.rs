@@ -21,8 +21,11 @@
 //! - File URLs are pre-signed: their requests carry no `Api-Key` ([`ApiClient::download`]),
 //!   and neither errors nor logs name a URL (its query string is the signature).
 //! - Up to [`JobSettings::max_jobs`] jobs of the whole run are in flight at once (Iterable
-//!   processes 4 per organization and queues the rest); `start`, `files` and `DELETE` share
-//!   the client's `ExportJobs` limiter (1 a second, Iterable's limit) and its 429 backoff.
+//!   processes 4 per organization and queues the rest; the caller fetches several windows of a
+//!   unit at once to use them); `start`, `files` and `DELETE` share the client's `ExportJobs`
+//!   limiter (1 a second, Iterable's limit) and its 429 backoff. Polls back off from
+//!   [`JobSettings::poll_min`] to [`JobSettings::poll_max`] while nothing new is listed, and a
+//!   poll the client gave up on is tried again: the job goes on at Iterable meanwhile.
 //! - Each job started is recorded in the lake's `_jobs/` folder ([`JobBook`]) until its window
 //!   is done with it, so that the next run can resume or cancel what a killed run left.
 
@@ -77,7 +80,7 @@ impl Default for JobSettings {
         JobSettings {
             max_jobs: 4,
             restarts: 3,
-            poll_min: Duration::from_secs(1),
+            poll_min: Duration::from_millis(250),
             poll_max: Duration::from_secs(5),
             poll_failures: 10,
             download_attempts: 5,

@@ -274,8 +274,21 @@ fn describe_incremental(
             ),
             _ => String::new(),
         };
+        let requests = match uses_jobs(
+            opts.export_api,
+            backfill,
+            first.end,
+            end,
+            opts.lookback_days,
+        ) {
+            true => format!(
+                "one export job per whole-day window of a unit, up to {} at once",
+                opts.jobs.max_jobs.max(1)
+            ),
+            false => "one export request per unit".to_string(),
+        };
         text += &format!(
-            "  first unit {first} ({:.2} day(s)) via {}, one export request per unit{later}; later units are sized at run time from the rows per day seen (up to {} days){}\n",
+            "  first unit {first} ({:.2} day(s)) via {}, {requests}{later}; later units are sized at run time from the rows per day seen (up to {} days){}\n",
             days(&first),
             via(opts, backfill, &first, end),
             opts.window.max_days,

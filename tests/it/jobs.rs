@@ -203,7 +203,10 @@ async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs()
     let first = "2024-01-03T00:00:00Z";
     fake.set_now(t(first));
     let streams = "email_send,email_open";
-    let o = cli(&sync_args(&dest, &base, streams, first, &[]), &key);
+    let o = cli(
+        &sync_args(&dest, &base, streams, first, &["--export-api", "auto"]),
+        &key,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let (starts, streamed) = (
         fake.requests("/api/export/start"),
@@ -217,7 +220,13 @@ async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs()
     let next = "2024-01-04T00:00:00Z";
     fake.set_now(t(next));
     let dry = cli(
-        &sync_args(&dest, &base, streams, next, &["--dry-run"]),
+        &sync_args(
+            &dest,
+            &base,
+            streams,
+            next,
+            &["--dry-run", "--export-api", "auto"],
+        ),
         &key,
     );
     let out = text(&dry);
@@ -225,7 +234,10 @@ async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs()
         out.contains("via data.json") && !out.contains("via an export job,"),
         "{out}"
     );
-    let o = cli(&sync_args(&dest, &base, streams, next, &[]), &key);
+    let o = cli(
+        &sync_args(&dest, &base, streams, next, &["--export-api", "auto"]),
+        &key,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(
         fake.requests("/api/export/start"),
@@ -243,7 +255,13 @@ async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs()
     let last = "2024-01-04T12:00:00Z";
     fake.set_now(t(last));
     let dry = cli(
-        &sync_args(&dest, &base, streams, last, &["--dry-run"]),
+        &sync_args(
+            &dest,
+            &base,
+            streams,
+            last,
+            &["--dry-run", "--export-api", "auto"],
+        ),
         &key,
     );
     let out = text(&dry);
@@ -253,7 +271,10 @@ async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs()
         .nth(1)
         .unwrap();
     assert!(open.contains("via an export job"), "{out}");
-    let o = cli(&sync_args(&dest, &base, streams, last, &[]), &key);
+    let o = cli(
+        &sync_args(&dest, &base, streams, last, &["--export-api", "auto"]),
+        &key,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         fake.requests("/api/export/start") > starts,
