@@ -362,6 +362,21 @@ pub fn summary(report: &RunReport) -> String {
         report.dest.trim_end_matches('/'),
         report.run_id
     );
+    let jobs = &report.export_jobs;
+    if jobs.started + jobs.completed > 0 {
+        out += &format!(
+            "export jobs: {} started, {} read whole ({} restarted, {} failed, {} cancelled), at most {} at once, {} files, {} bytes, {:.1} s waiting on Iterable\n",
+            jobs.started,
+            jobs.completed,
+            jobs.restarted,
+            jobs.failed,
+            jobs.cancelled,
+            jobs.most_in_flight,
+            jobs.files,
+            jobs.bytes,
+            jobs.wait_seconds
+        );
+    }
     let failed: Vec<String> = report
         .failed()
         .iter()
@@ -940,9 +955,21 @@ mod tests {
             rate_limit_wait_seconds: 0.0,
             interrupted: false,
             lease_lost: false,
-            export_jobs: Default::default(),
+            export_jobs: crate::source::jobs::JobsReport {
+                started: 3,
+                completed: 2,
+                files: 9,
+                bytes: 4096,
+                wait_seconds: 12.0,
+                most_in_flight: 2,
+                ..Default::default()
+            },
         };
         let text = summary(&report);
+        assert!(
+            text.contains("export jobs: 3 started, 2 read whole (0 restarted, 0 failed, 0 cancelled), at most 2 at once, 9 files, 4096 bytes, 12.0 s waiting on Iterable"),
+            "{text}"
+        );
         let line = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(name))

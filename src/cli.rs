@@ -605,6 +605,12 @@ mod tests {
             "2",
             "--min-replace-ratio",
             "0.25",
+            "--export-api",
+            "stream",
+            "--export-jobs",
+            "3",
+            "--export-job-requests-per-second",
+            "2",
         ])
         .unwrap();
         let Command::Sync(args) = cli.command else {
@@ -623,6 +629,9 @@ mod tests {
             (0.25, crate::config::Origin::Flag("--min-replace-ratio"))
         );
         assert!(layer.key.is_none() && layer.lookback.is_none());
+        assert_eq!(layer.export_api.unwrap().value, ExportApi::Stream);
+        assert_eq!(layer.export_jobs.unwrap().value, 3);
+        assert_eq!(layer.export_job_requests_per_second.unwrap().value, 2);
     }
 
     #[test]

@@ -972,6 +972,9 @@ mod tests {
             events_max_users = 5000
             min_replace_ratio = 0.25
             dedupe_memory_mib = 64
+            export_api = "jobs"
+            export_jobs = 2
+            export_job_requests_per_second = 3
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -1003,6 +1006,15 @@ mod tests {
         assert_eq!(cfg.options.events_max_users, Some(5000));
         assert_eq!(cfg.options.min_replace_ratio, 0.25);
         assert_eq!(cfg.options.dedupe_memory, 64 << 20);
+        assert_eq!(cfg.options.export_api, ExportApi::Jobs);
+        assert_eq!(cfg.options.jobs.max_jobs, 2);
+        assert_eq!(cfg.api.export_job_requests_per_second, Some(3));
+        let unset = keyed().sync_config(now()).unwrap();
+        assert_eq!(
+            unset.options.export_api,
+            ExportApi::Auto,
+            "the command line's default"
+        );
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );
@@ -1039,6 +1051,14 @@ mod tests {
         assert_eq!(
             err("mode = \"sometimes\""),
             r#"lake.toml: mode: "sometimes" is not a mode (use incremental, full-refresh-overwrite, full-refresh-append, incremental-deduped)"#
+        );
+        assert_eq!(
+            err("export_api = \"sometimes\""),
+            r#"lake.toml: export_api: "sometimes" is not an export API (use stream, jobs or auto)"#
+        );
+        assert_eq!(
+            err("dest = \"/l\"\napi_key = \"k\"\nexport_jobs = 0"),
+            "lake.toml: export_jobs: must be at least 1"
         );
         assert_eq!(
             err("api_key = \"k\"\napi_key_file = \"f\""),

@@ -12,7 +12,8 @@
 //! - Faults: a job that goes back from `Running` to `Enqueued` is simply polled on. A job that
 //!   fails before any of its bytes were fed is started again ([`JobSettings::restarts`]
 //!   times); after that, or once bytes were fed, the window fails ([`JobError::Failed`],
-//!   splittable). `exportTruncated` fails the window so that it is split. A file URL answering
+//!   splittable); so does a file answering 404 because its job failed meanwhile.
+//!   `exportTruncated` fails the window so that it is split. A file URL answering
 //!   403 (expired) is listed again for a fresh one. A download cut off (connection reset, a
 //!   body shorter than its `Content-Length`, a body ending inside a record) is requested again
 //!   from the file's start, and the bytes already fed are skipped: a job's files do not
@@ -26,7 +27,7 @@
 //!   is done with it, so that the next run can resume or cancel what a killed run left.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,6 +43,7 @@ use super::export::{ExportFetcher, Window};
 use super::pipeline::{self, Fetched};
 use crate::api::{ApiClient, ApiError, Family};
 use crate::convert::timestamp::format_for_query;
+use crate::progress::ENGINE_TARGET;
 use crate::sink::PartitionedWriter;
 
 pub use book::{BookError, JOBS_DIR, JobBook, JobRecord};
@@ -59,6 +61,9 @@ pub struct JobSettings {
     pub poll_min: Duration,
     /// The longest wait between two polls (it doubles while nothing new is listed).
     pub poll_max: Duration,
+    /// Polls of a job given up by the client (429s, 5xx, connections) before the window
+    /// fails.
+    pub poll_failures: u32,
     /// Attempts at one file (cut-off downloads, connection errors) before the window fails.
     pub download_attempts: u32,
     /// Fresh URLs asked for one file after 403s before the window fails.
@@ -73,7 +78,8 @@ impl Default for JobSettings {
             max_jobs: 4,
             restarts: 3,
             poll_min: Duration::from_secs(1),
-            poll_max: Duration::from_secs(15),
+            poll_max: Duration::from_secs(5),
+            poll_failures: 10,
             download_attempts: 5,
             url_refreshes: 5,
             resume_within: chrono::Duration::hours(6),
@@ -139,6 +145,8 @@ pub struct JobStats {
     pub bytes: AtomicU64,
     /// Time from each job's start to its `Completed` (or end), summed over jobs.
     pub wait_ms: AtomicU64,
+    /// The most jobs `Enqueued` or `Running` at once.
+    pub most_in_flight: AtomicU64,
 }
 
 impl JobStats {
@@ -165,6 +173,7 @@ impl JobStats {
             files: self.get(|s| &s.files),
             bytes: self.get(|s| &s.bytes),
             wait_seconds: self.get(|s| &s.wait_ms) as f64 / 1000.0,
+            most_in_flight: self.get(|s| &s.most_in_flight),
         }
     }
 }
@@ -181,6 +190,8 @@ pub struct JobsReport {
     pub bytes: u64,
     /// Seconds from each job's start to its completion, summed over jobs.
     pub wait_seconds: f64,
+    /// The most jobs in flight (`Enqueued` or `Running`) at once.
+    pub most_in_flight: u64,
 }
 
 /// The run's export jobs: their slots, settings, counters and where they are recorded.
@@ -270,6 +281,10 @@ struct Run {
     jobs: Arc<Jobs>,
     stream: &'static str,
     data_type: &'static str,
+    /// The other spelling of the data type, while the first is not refused.
+    alt_data_type: Option<&'static str>,
+    /// Set when the server refused the first spelling (the fetcher's flag).
+    use_alt_spelling: Arc<AtomicBool>,
     window: Window,
     body: mpsc::Sender<Bytes>,
     /// Whether any byte went to the pipeline.
@@ -291,6 +306,8 @@ impl ExportFetcher {
             jobs: jobs.clone(),
             stream: self.stream.name,
             data_type: self.data_type().0,
+            alt_data_type: self.data_type().1,
+            use_alt_spelling: self.alt_spelling_flag(),
             window,
             body: tx,
             fed: false,
@@ -324,24 +341,29 @@ fn body(
 impl Run {
     async fn drive(mut self) -> Result<(), FetchError> {
         let mut starts = 0u32;
+        let mut tried_resume = false;
         loop {
             let stats = &self.jobs.stats;
             stats.add(|s| &s.waiting, 1);
             let slot = self.jobs.slots.clone().acquire_owned().await;
             stats.sub(|s| &s.waiting);
             let slot = slot.map_err(|_| FetchError::Task("export job slots".into()))?;
-            let taken = match starts {
-                0 => self.jobs.book.take(self.stream, self.window),
-                _ => None,
+            let taken = match tried_resume {
+                false => self.jobs.book.take(self.stream, self.window),
+                true => None,
             };
+            tried_resume = true;
+            let resumed = taken.is_some();
             let job = match taken {
                 Some(job) => {
                     tracing::info!(stream = self.stream, window = %self.window, job, "following the export job an earlier run started");
                     job
                 }
-                None => self.start().await?,
+                None => {
+                    starts += 1;
+                    self.start().await?
+                }
             };
-            starts += 1;
             let t0 = Instant::now();
             let ended = self.follow(job, slot).await;
             self.jobs
@@ -356,10 +378,18 @@ impl Run {
                     self.jobs.stats.add(|s| &s.failed, 1);
                     self.jobs.book.forget(self.stream, job).await;
                     if self.fed || starts > self.jobs.settings.restarts {
-                        return Err(JobError::Failed { job, starts }.into());
+                        return Err(JobError::Failed {
+                            job,
+                            starts: starts.max(1),
+                        }
+                        .into());
                     }
                     self.jobs.stats.add(|s| &s.restarted, 1);
                     tracing::warn!(stream = self.stream, window = %self.window, job, "export job failed; starting it again");
+                }
+                Err(JobEnd::Error(e)) if resumed && !self.fed => {
+                    tracing::warn!(stream = self.stream, window = %self.window, job, error = %e, "the export job an earlier run started cannot be followed; starting another");
+                    self.cancel(job).await;
                 }
                 Err(JobEnd::Error(e)) => {
                     self.cancel(job).await;
@@ -369,22 +399,28 @@ impl Run {
         }
     }
 
-    /// Start the window's job and record it in the lake.
-    async fn start(&self) -> Result<i64, FetchError> {
-        let request = json!({
-            "dataTypeName": self.data_type,
-            "outputFormat": "application/x-json-stream",
-            "startDateTime": format_for_query(self.window.start),
-            "endDateTime": format_for_query(self.window.end),
-        });
-        let resp = self
-            .client
-            .post_json(Family::ExportJobs, "export/start", &request)
-            .await?;
+    /// Start the window's job and record it in the lake. A data type spelling the server
+    /// refuses (400) is tried in its other spelling, as for `data.json`.
+    async fn start(&mut self) -> Result<i64, FetchError> {
+        let resp = match (self.post_start(self.data_type).await, self.alt_data_type) {
+            (Err(ApiError::Status { status: 400, .. }), Some(alt)) => {
+                tracing::info!(
+                    stream = self.stream,
+                    rejected = self.data_type,
+                    trying = alt,
+                    "data type spelling rejected"
+                );
+                let resp = self.post_start(alt).await?;
+                self.use_alt_spelling.store(true, Ordering::Relaxed);
+                (self.data_type, self.alt_data_type) = (alt, None);
+                resp
+            }
+            (resp, _) => resp?,
+        };
         let started: Started = read_json(resp, 0).await?;
         let job = started.job_id;
         self.jobs.stats.add(|s| &s.started, 1);
-        tracing::info!(stream = self.stream, window = %self.window, job, "export job started");
+        self.progress(job, "export job started");
         let record = JobRecord::new(self.stream, job, self.window);
         if let Err(source) = self.jobs.book.record(&record).await {
             self.cancel(job).await;
@@ -393,38 +429,65 @@ impl Run {
         Ok(job)
     }
 
-    /// Cancel `job` (it failed on our side, or is no longer wanted), and forget it. A job
-    /// already finished answers 400: nothing to cancel.
-    async fn cancel(&self, job: i64) {
-        match self
-            .client
-            .delete(Family::ExportJobs, &format!("export/{job}"))
+    async fn post_start(&self, data_type: &str) -> Result<reqwest::Response, ApiError> {
+        let request = json!({
+            "dataTypeName": data_type,
+            "outputFormat": "application/x-json-stream",
+            "startDateTime": format_for_query(self.window.start),
+            "endDateTime": format_for_query(self.window.end),
+        });
+        self.client
+            .post_json(Family::ExportJobs, "export/start", &request)
             .await
-        {
-            Ok(_) => {
-                self.jobs.stats.add(|s| &s.cancelled, 1);
-                tracing::info!(stream = self.stream, job, "export job cancelled");
-            }
-            Err(ApiError::Status { status: 400, .. }) => {}
-            Err(e) => {
-                tracing::warn!(stream = self.stream, job, error = %e, "cancelling an export job failed; the next run cancels it");
-                return;
-            }
-        }
-        self.jobs.book.forget(self.stream, job).await;
     }
 
-    /// One `files` call: the job's state and the files after `after`.
+    /// Cancel `job` (it failed on our side, or is no longer wanted), and forget it.
+    async fn cancel(&self, job: i64) {
+        match book::cancel(&self.client, job).await {
+            Ok(cancelled) => {
+                if cancelled {
+                    self.jobs.stats.add(|s| &s.cancelled, 1);
+                    tracing::info!(stream = self.stream, job, "export job cancelled");
+                }
+                self.jobs.book.forget(self.stream, job).await;
+            }
+            Err(e) => {
+                tracing::warn!(stream = self.stream, job, error = %e, "cancelling an export job failed; the next run cancels it");
+            }
+        }
+    }
+
+    /// One `files` call: the job's state and the files after `after`. The job goes on at
+    /// Iterable whatever happens to a poll, so a poll the client gave up on for 429s (the
+    /// organization's budget is shared), 5xx or a lost connection is tried again after
+    /// [`JobSettings::poll_max`], up to [`JobSettings::poll_failures`] times.
     async fn list(&self, job: i64, after: Option<&str>) -> Result<StatusAndFiles, FetchError> {
         let query: Vec<(&str, String)> = after
             .map(|a| ("startAfter", a.to_string()))
             .into_iter()
             .collect();
-        let resp = self
-            .client
-            .get(Family::ExportJobs, &format!("export/{job}/files"), &query)
-            .await?;
-        read_json(resp, job).await
+        let mut failures = 0;
+        loop {
+            match self
+                .client
+                .get(Family::ExportJobs, &format!("export/{job}/files"), &query)
+                .await
+            {
+                Ok(resp) => return read_json(resp, job).await,
+                Err(
+                    e @ (ApiError::Status {
+                        status: 429 | 500..,
+                        ..
+                    }
+                    | ApiError::Transport { .. }),
+                ) if failures < self.jobs.settings.poll_failures => {
+                    failures += 1;
+                    tracing::warn!(stream = self.stream, job, error = %e, "polling the export job failed; polling again later");
+                    tokio::time::sleep(self.jobs.settings.poll_max).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Poll `job` until it completes, downloading each file as it is listed. `slot` is
@@ -462,7 +525,7 @@ impl Run {
             if page.job_state == JobState::Completed {
                 if found == 0 {
                     self.jobs.stats.add(|s| &s.completed, 1);
-                    tracing::info!(stream = self.stream, window = %self.window, job, files = files.len(), "export job read");
+                    self.progress(job, "export job read");
                     return Ok(());
                 }
                 continue;
@@ -531,6 +594,19 @@ impl Run {
                     self.refresh(job, files, k).await?;
                     continue;
                 }
+                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                    // A job that failed takes its files with it.
+                    let after = k.checked_sub(1).map(|p| files[p].file.clone());
+                    if self.list(job, after.as_deref()).await?.job_state == JobState::Failed {
+                        return Err(JobEnd::Failed);
+                    }
+                    return Err(JobError::Download {
+                        job,
+                        file: name,
+                        status: 404,
+                    }
+                    .into());
+                }
                 Ok(resp) => {
                     return Err(JobError::Download {
                         job,
@@ -571,6 +647,23 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// An event of the progress bars' (and the log's), with the run's job counters.
+    fn progress(&self, job: i64, what: &'static str) {
+        let s = &self.jobs.stats;
+        tracing::info!(
+            target: ENGINE_TARGET,
+            stream = self.stream,
+            window = %self.window,
+            job,
+            jobs_queued = s.get(|s| &s.waiting) + s.get(|s| &s.enqueued),
+            jobs_running = s.get(|s| &s.running),
+            jobs_done = s.get(|s| &s.completed),
+            job_files = s.get(|s| &s.files),
+            job_bytes = s.get(|s| &s.bytes),
+            "{what}"
+        );
     }
 
     async fn feed(&mut self, piece: Bytes) -> Result<(), FetchError> {
@@ -615,6 +708,10 @@ impl<'s> Gauge<'s> {
             self.stats.add(pick, 1);
         }
         self.state = Some(state);
+        let in_flight = self.stats.get(|s| &s.enqueued) + self.stats.get(|s| &s.running);
+        self.stats
+            .most_in_flight
+            .fetch_max(in_flight, Ordering::Relaxed);
     }
 }
 
@@ -705,6 +802,10 @@ mod tests {
         headers: HeaderMap,
     ) -> Response {
         let mut s = s.lock().unwrap();
+        if !s.polls.contains_key(&id) {
+            let body = json!({ "code": "NotFound", "msg": "no such job" });
+            return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        }
         let script = s.jobs[(id - 1) as usize].clone();
         let poll = s.polls.get_mut(&id).unwrap();
         let Step(state, truncated, listed) = script[(*poll).min(script.len() - 1)];
@@ -754,6 +855,14 @@ mod tests {
 
     /// Serve `script`; fetch one window of `email_send` through it.
     async fn fetch(script: Script) -> (Result<Fetched, FetchError>, Shared, Arc<Jobs>) {
+        fetch_with(script, JobBook::none()).await
+    }
+
+    /// [`fetch`] with `book` holding the records of earlier runs.
+    async fn fetch_with(
+        script: Script,
+        book: JobBook,
+    ) -> (Result<Fetched, FetchError>, Shared, Arc<Jobs>) {
         let shared: Shared = Arc::new(Mutex::new(script));
         let app = axum::Router::new()
             .route("/api/export/start", post(start))
@@ -774,7 +883,7 @@ mod tests {
             poll_max: Duration::from_millis(20),
             ..JobSettings::default()
         };
-        let jobs = Arc::new(Jobs::new(settings, JobBook::none()));
+        let jobs = Arc::new(Jobs::new(settings, book));
         let (decoder, writer) = email_send_run();
         let stream = catalog::find("email_send").unwrap();
         let fetcher = ExportFetcher::new(client, stream, decoder).unwrap();
@@ -873,5 +982,39 @@ mod tests {
         );
         assert!(err.to_string().contains("exportTruncated"), "{err}");
         assert!(shared.lock().unwrap().cancelled.len() <= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recorded_job_iterable_no_longer_knows_is_forgotten_and_started_afresh() {
+        let lake = crate::sink::LakeStore::in_memory();
+        let window = Window { start: 0, end: 1 };
+        let old = JobBook::open(lake.clone(), "r0", 1, chrono::Duration::hours(6))
+            .await
+            .unwrap();
+        old.record(&JobRecord::new("email_send", 99, window))
+            .await
+            .unwrap();
+        let book = JobBook::open(lake.clone(), "r1", 2, chrono::Duration::hours(6))
+            .await
+            .unwrap();
+        let script = Script {
+            jobs: vec![vec![
+                Step("Running", false, 1),
+                Step("Completed", false, FILES),
+            ]],
+            ..Script::default()
+        };
+        let (got, _, jobs) = fetch_with(script, book).await;
+        assert_eq!(
+            got.expect("read through a new job").rows,
+            (FILES * LINES) as u64
+        );
+        assert_eq!(jobs.stats.report().started, 1);
+        let left: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            lake.store.list(Some(&lake.path(JOBS_DIR))),
+        )
+        .await
+        .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -558,6 +558,15 @@ async fn run_locked(
         dest: lake.display.clone(),
         source,
     })?;
+    let unusable = book
+        .cancel_unusable(&client, |s| opts.streams.iter().any(|d| d.name == s))
+        .await;
+    if unusable > 0 {
+        tracing::info!(
+            jobs = unusable,
+            "cancelled export jobs earlier runs left for streams this run does not sync, or too old to follow"
+        );
+    }
     let jobs = Arc::new(Jobs::new(opts.jobs.clone(), book));
     let run = Arc::new(Run {
         jobs,

@@ -5,14 +5,17 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use iterable_lake::catalog;
-use iterable_lake::fake::{FakeConfig, FakeIterable};
+use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults, FirstJobs};
 use iterable_lake::sink::LakeStore;
-use iterable_lake::sync::{self, ExportApi, StreamStatus, SyncOptions};
+use iterable_lake::source::jobs::JOBS_DIR;
+use iterable_lake::sync::{self, ExportApi, RunReport, StreamStatus, SyncOptions};
 
 use crate::bin::{BIN, text, unlimited};
 use crate::export_sync::{START, assert_exact, options, t};
-use crate::lake::fake_client;
+use crate::lake::{fake_client, fake_client_with};
+use crate::support;
 
 /// Options reading through jobs, polling fast (the fake's jobs move one step per poll).
 fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
@@ -24,49 +27,122 @@ fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
     o
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_export_stream_through_jobs_lands_exactly_once_on_local_disk() {
-    let fake = FakeIterable::start(FakeConfig {
-        job_file_bytes: 4 << 10,
-        ..FakeConfig::small(3)
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
-    let end = "2024-01-04T00:00:00Z";
-    fake.set_now(t(end));
+/// Sync every export stream through jobs from a fake with `cfg` into `lake`, up to `END`, and
+/// check each against the fake's truth; no data.json request, no file request with the key,
+/// and no job record left.
+async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunReport {
+    // Past the fake's limit when it has one (as with another client of the organization):
+    // 429s are met, and waited out.
+    let per_second = cfg.faults.job_rate.map_or(1000, |(n, _)| n * 3 / 2);
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(t(END));
     let names: Vec<&str> = catalog::export_streams().map(|s| s.name).collect();
-    let report = sync::run(
-        lake.clone(),
-        fake_client(&fake, 4),
-        jobs_options(&names, end),
-    )
-    .await
-    .unwrap();
+    let client = fake_client_with(&fake, 6, |c| c.export_job_requests_per_second = per_second);
+    let report = sync::run(lake.clone(), client, jobs_options(&names, END))
+        .await
+        .unwrap();
     for s in &report.streams {
-        assert_eq!(s.status, StreamStatus::Succeeded, "{}", s.stream);
+        assert_eq!(
+            s.status,
+            StreamStatus::Succeeded,
+            "{}: {:?}",
+            s.stream,
+            s.quarantined
+        );
     }
     for s in catalog::export_streams() {
-        assert_exact(&fake, &lake, s, START, t(end)).await;
+        assert_exact(&fake, lake, s, START, t(END)).await;
     }
     assert_eq!(fake.requests("/api/export/data.json"), 0);
+    assert_eq!(
+        fake.keyed_file_requests(),
+        0,
+        "a file request carried the key"
+    );
+    let records: Vec<_> = lake
+        .store
+        .list(Some(&lake.path(JOBS_DIR)))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        records.is_empty(),
+        "every job record is deleted: {records:?}"
+    );
     let jobs = &report.export_jobs;
     assert!(
-        jobs.started >= 51 && jobs.completed == jobs.started,
+        jobs.started >= 51 && jobs.files >= jobs.completed,
         "{jobs:?}"
     );
+    report
+}
+
+const END: &str = "2024-01-04T00:00:00Z";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_export_stream_through_jobs_lands_exactly_once_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let cfg = FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(3)
+    };
+    let report = every_stream_through_jobs(cfg, &lake).await;
+    let jobs = &report.export_jobs;
+    assert_eq!(jobs.completed, jobs.started, "{jobs:?}");
     assert!(
         jobs.files > jobs.completed,
         "files split at 4 KiB: {jobs:?}"
     );
-    assert!(
-        !dir.path().join("_jobs").exists()
-            || std::fs::read_dir(dir.path().join("_jobs"))
-                .unwrap()
-                .all(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count() == 0),
-        "every job record is deleted once its window is read"
-    );
+}
+
+/// Every job fault the fake has, at once: 429s past 20 job requests a second, restarts
+/// (Running -> Enqueued), failures, truncations, expired URLs and downloads cut mid-line.
+fn faulty(seed: u64) -> FakeConfig {
+    let mut cfg = FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(seed)
+    };
+    let first = |data_type: Option<&str>, jobs| {
+        Some(FirstJobs {
+            data_type: data_type.map(String::from),
+            jobs,
+        })
+    };
+    cfg.faults = Faults {
+        export_rate: None,
+        job_rate: Some((20, Duration::from_secs(1))),
+        job_restart: first(None, 12),
+        job_failure: first(Some("emailOpen"), 3),
+        job_truncation: first(Some("emailSend"), 2),
+        expired_urls: 5,
+        cut_downloads: Some(CutOff {
+            data_type: None,
+            after_bytes: 1500,
+            first_requests: 8,
+        }),
+        ..Faults::default()
+    };
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_fault_at_once_still_gives_exact_streams_locally_and_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let report = every_stream_through_jobs(faulty(8), &lake).await;
+    let jobs = &report.export_jobs;
+    assert!(jobs.failed >= 3 && jobs.restarted >= 1, "{jobs:?}");
+    let send = report.streams.iter().find(|s| s.stream == "email_send");
+    let split = send.unwrap().window_retries;
+    assert!(split >= 1, "a truncated window was split: {split}");
+    assert!(report.rate_limited > 0, "{report:?}");
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
+    every_stream_through_jobs(faulty(9), &lake).await;
 }
 
 /// Run the binary with `args` and the fake's key.
@@ -266,4 +342,52 @@ async fn a_jobs_backfill_killed_and_rerun_is_exact_and_leaves_no_job_running() {
         })
         .unwrap_or(0);
     assert_eq!(records, 0, "every record is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_falls_back_to_the_data_type_spelling_the_server_accepts() {
+    let mut cfg = FakeConfig::small(6);
+    cfg.faults.rejected_data_types = vec!["emailUnSubscribe".into()];
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    fake.set_now(t(END));
+    let mut opts = jobs_options(&["email_unsubscribe"], END);
+    opts.window.initial_days = 1;
+    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
+    assert!(s.windows >= 2, "{}", s.windows);
+    let unsub = catalog::find("email_unsubscribe").unwrap();
+    assert_exact(&fake, &lake, unsub, START, t(END)).await;
+    assert_eq!(
+        fake.requests("/api/export/start"),
+        s.windows + 1,
+        "one rejected start, then the accepted spelling for every window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_s_unit_is_read_by_several_jobs_at_once() {
+    let fake = FakeIterable::start(FakeConfig::small(10)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    fake.set_now(t(END));
+    let mut opts = jobs_options(&["email_send"], END);
+    opts.jobs.max_jobs = 2;
+    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
+    assert_eq!(s.windows, 2, "3 days cut into 2 windows of whole days");
+    assert_eq!(
+        report.export_jobs.most_in_flight, 2,
+        "{:?}",
+        report.export_jobs
+    );
+    let send = catalog::find("email_send").unwrap();
+    assert_exact(&fake, &lake, send, START, t(END)).await;
 }

@@ -192,20 +192,42 @@ impl JobBook {
     /// Cancel the jobs earlier runs recorded that this run did not take up, and delete their
     /// records. A job that finished already answers 400 (nothing to cancel) or 404 (gone).
     pub async fn cancel_left(&self, client: &ApiClient) -> u64 {
-        let left = std::mem::take(&mut *self.left.lock().expect("job book lock"));
+        self.cancel_left_where(client, |_| true).await
+    }
+
+    /// Cancel at once the recorded jobs this run cannot take up: those of streams it does
+    /// not sync (`wanted` says no) and those too old to follow, so that they do not hold
+    /// Iterable's slots while the run goes on.
+    pub async fn cancel_unusable(&self, client: &ApiClient, wanted: impl Fn(&str) -> bool) -> u64 {
+        let now = Utc::now();
+        let max_age = self.max_age;
+        self.cancel_left_where(client, |r| {
+            !wanted(&r.stream) || now - r.started_at >= max_age
+        })
+        .await
+    }
+
+    async fn cancel_left_where(
+        &self,
+        client: &ApiClient,
+        pick: impl Fn(&JobRecord) -> bool,
+    ) -> u64 {
+        let picked: Vec<JobRecord> = {
+            let mut left = self.left.lock().expect("job book lock");
+            let (picked, kept) = std::mem::take(&mut *left)
+                .into_iter()
+                .partition(|r| pick(r));
+            *left = kept;
+            picked
+        };
         let mut cancelled = 0;
-        for r in left {
-            match client
-                .delete(Family::ExportJobs, &format!("export/{}", r.job))
-                .await
-            {
-                Ok(_) => {
+        for r in picked {
+            match cancel(client, r.job).await {
+                Ok(true) => {
                     cancelled += 1;
                     tracing::info!(stream = %r.stream, job = r.job, "cancelled an export job an earlier run left");
                 }
-                Err(ApiError::Status {
-                    status: 400 | 404, ..
-                }) => {}
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(stream = %r.stream, job = r.job, error = %e, "could not cancel an export job an earlier run left; the next run tries again");
                     continue;
@@ -214,6 +236,21 @@ impl JobBook {
             self.forget(&r.stream, r.job).await;
         }
         cancelled
+    }
+}
+
+/// `DELETE` `job`: `true` when it was cancelled, `false` when there was nothing to cancel
+/// (400: it finished; 404: Iterable no longer knows it).
+pub async fn cancel(client: &ApiClient, job: i64) -> Result<bool, ApiError> {
+    match client
+        .delete(Family::ExportJobs, &format!("export/{job}"))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(ApiError::Status {
+            status: 400 | 404, ..
+        }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
