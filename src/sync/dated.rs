@@ -161,9 +161,9 @@ impl StreamCtx<'_> {
     /// caller commits that prefix or deletes it). `Err` only for a fatal error, after
     /// deleting every file. `backfill`: the stream has no cursor (see [`plan::uses_jobs`]).
     ///
-    /// A unit read through export jobs is cut into up to `--export-jobs` windows of whole
-    /// days, fetched at once (a job's time is mostly Iterable's; the run's job slots bound
-    /// them over all streams), and their results are taken in time order as if fetched one
+    /// A unit read through export jobs is cut into windows of whole days fetched at once,
+    /// as many as the run's job slots left to each stream synced at once
+    /// ([`plan::jobs_per_unit`]), and their results are taken in time order as if fetched one
     /// after another: after the first that failed, the later ones' files are deleted and
     /// their windows fetched again after it.
     async fn fetch_unit(
@@ -181,7 +181,7 @@ impl StreamCtx<'_> {
             plan::uses_jobs(o.export_api, backfill, w.end, self.end(), o.lookback_days)
         };
         let at_once = match by_job(&unit) {
-            true => o.jobs.max_jobs.max(1),
+            true => plan::jobs_per_unit(o),
             false => 1,
         };
         let mut queue: VecDeque<Pending> = whole_day_pieces(unit, at_once)

@@ -60,6 +60,14 @@ pub fn uses_jobs(
     }
 }
 
+/// How many jobs one unit read through export jobs is cut into: the run's job slots shared
+/// by the streams synced at once (`--concurrency`, or fewer streams), at least one. More,
+/// smaller jobs only pay off when slots would stay idle: each job has its own queue and
+/// start-up time.
+pub fn jobs_per_unit(opts: &SyncOptions) -> usize {
+    (opts.jobs.max_jobs / opts.concurrency.min(opts.streams.len()).max(1)).max(1)
+}
+
 /// How a window is read, for the dry run.
 fn via(opts: &SyncOptions, backfill: bool, w: &Window, end: i64) -> &'static str {
     match uses_jobs(opts.export_api, backfill, w.end, end, opts.lookback_days) {
@@ -281,10 +289,10 @@ fn describe_incremental(
             end,
             opts.lookback_days,
         ) {
-            true => format!(
-                "one export job per whole-day window of a unit, up to {} at once",
-                opts.jobs.max_jobs.max(1)
-            ),
+            true => match jobs_per_unit(opts) {
+                1 => "one export job per unit".to_string(),
+                n => format!("up to {n} export jobs per unit at once, one per whole-day window"),
+            },
             false => "one export request per unit".to_string(),
         };
         text += &format!(
@@ -312,6 +320,20 @@ mod tests {
 
     fn t(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn idle_job_slots_go_to_each_unit() {
+        let per_unit = |max_jobs, concurrency, streams: usize| {
+            let mut o = SyncOptions::new(crate::catalog::export_streams().take(streams).collect());
+            o.jobs.max_jobs = max_jobs;
+            o.concurrency = concurrency;
+            jobs_per_unit(&o)
+        };
+        assert_eq!(per_unit(4, 4, 6), 1);
+        assert_eq!(per_unit(4, 4, 1), 4);
+        assert_eq!(per_unit(4, 2, 51), 2);
+        assert_eq!(per_unit(1, 4, 3), 1);
     }
 
     #[test]
