@@ -23,15 +23,15 @@ use crate::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
 use crate::catalog;
 use crate::check::{self, KeyProblem};
 use crate::cli::{
-    CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, FakeDataArgs, FakeFaultArgs, FakeTruthArgs,
-    LogFormat, ResetArgs, SourceArgs, StateAction, StateArgs, StreamsArgs, SyncArgs,
+    CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, FakeDataArgs, FakeFaultArgs, FakeJobArgs,
+    FakeTruthArgs, LogFormat, ResetArgs, SourceArgs, StateAction, StateArgs, StreamsArgs, SyncArgs,
 };
 use crate::config::{
     self, ApiSettings, ConfigError, Given, Layer, Origin, find_stream, parse_date, split_names,
 };
 use crate::convert::schema::EVENT_ID;
 use crate::convert::{Decoder, StreamSchema};
-use crate::fake::{CutOff, FakeConfig, FakeIterable, Faults};
+use crate::fake::{CutOff, FakeConfig, FakeIterable, Faults, FirstJobs, JobConfig};
 use crate::lock::{LakeLock, LockError};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -210,6 +210,9 @@ fn client(api: &ApiSettings, retry: Option<RetryPolicy>) -> Result<ApiClient> {
     if let Some(n) = api.metrics_requests_per_minute {
         cfg.metrics_requests_per_minute = n;
     }
+    if let Some(n) = api.export_job_requests_per_second {
+        cfg.export_job_requests_per_second = n;
+    }
     if let Some(retry) = retry {
         cfg.retry = retry;
         cfg.connect_timeout = Duration::from_secs(10);
@@ -376,6 +379,21 @@ pub fn summary(report: &RunReport) -> String {
         report.dest.trim_end_matches('/'),
         report.run_id
     );
+    let jobs = &report.export_jobs;
+    if jobs.started + jobs.completed > 0 {
+        out += &format!(
+            "export jobs: {} started, {} read whole ({} restarted, {} failed, {} cancelled), at most {} at once, {} files, {} bytes, {:.1} s waiting on Iterable\n",
+            jobs.started,
+            jobs.completed,
+            jobs.restarted,
+            jobs.failed,
+            jobs.cancelled,
+            jobs.most_in_flight,
+            jobs.files,
+            jobs.bytes,
+            jobs.wait_seconds
+        );
+    }
     let failed: Vec<String> = report
         .failed()
         .iter()
@@ -639,7 +657,37 @@ fn fake_faults(args: &FakeFaultArgs) -> Faults {
             after_bytes: args.cut_off_clean_bytes,
             first_requests,
         }),
+        job_rate: args.job_rate.map(|n| (n, Duration::from_secs(1))),
+        job_restart: args.job_restarts.map(first_jobs),
+        job_failure: args.job_failures.map(first_jobs),
+        job_truncation: args.job_truncations.map(first_jobs),
+        expired_urls: args.expired_urls,
+        cut_downloads: args.cut_downloads.map(|first_requests| CutOff {
+            data_type: None,
+            after_bytes: args.cut_downloads_bytes,
+            first_requests,
+        }),
+        stream_bytes_per_second: args.stream_bytes_per_second,
         ..Faults::default()
+    }
+}
+
+/// The first `jobs` export jobs of every data type.
+fn first_jobs(jobs: u32) -> FirstJobs {
+    FirstJobs {
+        data_type: None,
+        jobs,
+    }
+}
+
+fn fake_jobs(args: &FakeJobArgs) -> JobConfig {
+    JobConfig {
+        queue_time: Duration::from_millis(args.job_queue_ms),
+        run_time: Duration::from_millis(args.job_run_ms),
+        bytes_per_second: args.job_bytes_per_second,
+        max_running: args.job_max_running,
+        max_bytes: args.job_max_bytes,
+        url_lifetime: args.job_url_lifetime,
     }
 }
 
@@ -648,6 +696,8 @@ async fn fake_api(args: FakeApiArgs) -> Result<u8> {
     let cfg = FakeConfig {
         api_key: args.api_key,
         cache_bodies: args.cache_bodies,
+        job_file_bytes: args.jobs.job_file_bytes,
+        jobs: fake_jobs(&args.jobs),
         faults: Faults {
             cursorless_every: data.faults.cursorless_every,
             ..fake_faults(&args.faults)
@@ -828,7 +878,53 @@ mod tests {
             .unwrap();
         assert_eq!((clean.first_requests, clean.after_bytes), (3, 4096));
         assert!(Cli::try_parse_from(["iterable-lake", "fake-api", "--random-500", "1.5"]).is_err());
+        assert!(f.job_rate.is_none() && f.job_restart.is_none() && f.job_failure.is_none());
+        assert!(f.job_truncation.is_none() && f.cut_downloads.is_none());
+        assert!(f.expired_urls == 0 && f.stream_bytes_per_second.is_none());
         assert!(Cli::try_parse_from(["iterable-lake", "fake-api", "--retry-after"]).is_err());
+    }
+
+    #[test]
+    fn fake_api_job_flags_reach_the_config() {
+        let args = fake_api_args(&[
+            "--job-queue-ms",
+            "50",
+            "--job-bytes-per-second",
+            "1000",
+            "--job-url-lifetime",
+            "2m",
+            "--job-rate",
+            "1",
+            "--job-restarts",
+            "2",
+            "--job-failures",
+            "3",
+            "--job-truncations",
+            "4",
+            "--expired-urls",
+            "5",
+            "--cut-downloads",
+            "6",
+            "--stream-bytes-per-second",
+            "7000",
+        ]);
+        let jobs = fake_jobs(&args.jobs);
+        assert_eq!(jobs.queue_time, Duration::from_millis(50));
+        assert_eq!(jobs.run_time, Duration::from_millis(200));
+        assert_eq!(jobs.bytes_per_second, Some(1000));
+        assert_eq!((jobs.max_running, jobs.max_bytes), (4, 100 << 30));
+        assert_eq!(jobs.url_lifetime, Duration::from_secs(120));
+        assert_eq!(args.jobs.job_file_bytes, 10 * 1024 * 1024);
+        let f = fake_faults(&args.faults);
+        assert_eq!(f.job_rate, Some((1, Duration::from_secs(1))));
+        let taken = |j: Option<FirstJobs>| j.map(|j| (j.jobs, j.data_type));
+        assert_eq!(taken(f.job_restart), Some((2, None)));
+        assert_eq!(taken(f.job_failure), Some((3, None)));
+        assert_eq!(taken(f.job_truncation), Some((4, None)));
+        assert_eq!(f.expired_urls, 5);
+        let cut = f.cut_downloads.unwrap();
+        assert_eq!((cut.first_requests, cut.after_bytes), (6, 4096));
+        assert_eq!(f.stream_bytes_per_second, Some(7000));
     }
 
     #[test]
@@ -890,8 +986,21 @@ mod tests {
             rate_limit_wait_seconds: 0.0,
             interrupted: false,
             lease_lost: false,
+            export_jobs: crate::source::jobs::JobsReport {
+                started: 3,
+                completed: 2,
+                files: 9,
+                bytes: 4096,
+                wait_seconds: 12.0,
+                most_in_flight: 2,
+                ..Default::default()
+            },
         };
         let text = summary(&report);
+        assert!(
+            text.contains("export jobs: 3 started, 2 read whole (0 restarted, 0 failed, 0 cancelled), at most 2 at once, 9 files, 4096 bytes, 12.0 s waiting on Iterable"),
+            "{text}"
+        );
         let line = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(name))

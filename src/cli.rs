@@ -9,6 +9,7 @@ use crate::api::Region;
 use crate::catalog::SyncMode;
 use crate::config::{Endpoint, Given, KeySpec, Layer, split_names};
 use crate::delta::TableFormat;
+use crate::sync::ExportApi;
 
 /// The exit codes, shown under every command's `--help` (and in the README).
 pub const EXIT_CODES: &str = "\
@@ -81,7 +82,8 @@ pub enum Command {
 pub struct SourceArgs {
     /// Read settings from this TOML file (keys: dest, streams, exclude, start_date, end_date,
     /// mode, region, base_url, lag, lookback, concurrency, export_requests_per_minute,
-    /// list_users_requests_per_minute, metrics_requests_per_minute, events_max_users,
+    /// list_users_requests_per_minute, metrics_requests_per_minute, export_api, export_jobs,
+    /// export_job_requests_per_second, events_max_users,
     /// min_replace_ratio, table_format, retain_removed, dedupe_memory_mib, api_key_file,
     /// api_key). Flags and environment variables win over it.
     #[arg(long, value_name = "FILE")]
@@ -114,6 +116,10 @@ pub struct SourceArgs {
     /// Campaign-metrics requests (campaigns/metrics) per minute (Iterable allows 10) [default: 10].
     #[arg(long, value_name = "N")]
     pub metrics_requests_per_minute: Option<u32>,
+    /// Export-job requests (start, files, cancel) per second, shared by all streams
+    /// (Iterable allows 1 per organization) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub export_job_requests_per_second: Option<u32>,
 }
 
 impl SourceArgs {
@@ -147,6 +153,9 @@ impl SourceArgs {
             metrics_requests_per_minute: self
                 .metrics_requests_per_minute
                 .map(|n| Given::flag("--metrics-requests-per-minute", i64::from(n))),
+            export_job_requests_per_second: self
+                .export_job_requests_per_second
+                .map(|n| Given::flag("--export-job-requests-per-second", i64::from(n))),
             ..Layer::default()
         }
     }
@@ -207,6 +216,15 @@ pub struct SyncArgs {
     /// Days that files a Delta commit replaced stay for readers of older versions [default: 7].
     #[arg(long, value_name = "DAYS")]
     pub retain_removed: Option<u32>,
+    /// How export streams are read: `stream` (data.json), `jobs` (an export job per window),
+    /// or `auto`: jobs for a backfill's windows, data.json for the recent tail; the last one
+    /// given wins [default: auto].
+    #[arg(long, value_enum, overrides_with = "export_api")]
+    pub export_api: Option<ExportApi>,
+    /// Export jobs in flight at once, over all streams (Iterable processes 4 per
+    /// organization) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub export_jobs: Option<u32>,
 }
 
 /// A duration: seconds, or a number with `s`, `m` or `h`.
@@ -253,6 +271,10 @@ impl SyncArgs {
             retain_removed: self
                 .retain_removed
                 .map(|d| Given::flag("--retain-removed", i64::from(d))),
+            export_api: self.export_api.map(|a| Given::flag("--export-api", a)),
+            export_jobs: self
+                .export_jobs
+                .map(|n| Given::flag("--export-jobs", i64::from(n))),
             min_replace_ratio: self
                 .min_replace_ratio
                 .map(|v| Given::flag("--min-replace-ratio", v)),
@@ -405,7 +427,38 @@ pub struct FakeApiArgs {
     #[arg(long)]
     pub cache_bodies: bool,
     #[command(flatten)]
+    pub jobs: FakeJobArgs,
+    #[command(flatten)]
     pub faults: FakeFaultArgs,
+}
+
+/// How the fake's export jobs run. Iterable documents the file size, the cap, the URL life
+/// and the 4 jobs at once; the queue and run times and the rate are the speed model's
+/// assumptions.
+#[derive(Debug, Args)]
+pub struct FakeJobArgs {
+    /// How long a started (or restarted) job waits Enqueued before it may take a slot.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub job_queue_ms: u64,
+    /// The shortest time a job runs.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub job_run_ms: u64,
+    /// How fast each running job writes its files [default: every job runs --job-run-ms].
+    #[arg(long, value_name = "BYTES")]
+    pub job_bytes_per_second: Option<u64>,
+    /// Jobs processing at once; later ones wait Enqueued (Iterable: 4 per organization).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub job_max_running: usize,
+    /// The largest job file (Iterable: 10 MB).
+    #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub job_file_bytes: usize,
+    /// An export's cap: files past it are not written and the job says exportTruncated
+    /// (Iterable: 100 GB).
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 30)]
+    pub job_max_bytes: u64,
+    /// How long a file URL stays valid (Iterable: 30m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait, default_value = "30m")]
+    pub job_url_lifetime: std::time::Duration,
 }
 
 /// The faults `fake-api` injects (all off by default), for the torture suite and for trying
@@ -456,6 +509,37 @@ pub struct FakeFaultArgs {
         requires = "cut_off_clean"
     )]
     pub cut_off_clean_bytes: usize,
+    /// Admit at most N requests a second to each of export/start, export/{jobId}/files and
+    /// DELETE export/{jobId}, and answer the rest 429 (Iterable: 1) [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub job_rate: Option<u32>,
+    /// The first N export jobs go back from Running to Enqueued once, halfway through.
+    #[arg(long, value_name = "N")]
+    pub job_restarts: Option<u32>,
+    /// The first N export jobs turn Failed halfway through.
+    #[arg(long, value_name = "N")]
+    pub job_failures: Option<u32>,
+    /// The first N export jobs complete with exportTruncated and half their files.
+    #[arg(long, value_name = "N")]
+    pub job_truncations: Option<u32>,
+    /// The first N job file downloads answer 403 "Request has expired".
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub expired_urls: u32,
+    /// Cut the first N job file downloads off mid-line, short of their Content-Length.
+    #[arg(long, value_name = "N")]
+    pub cut_downloads: Option<u32>,
+    /// How many body bytes a download cut by --cut-downloads holds, about.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 4096,
+        requires = "cut_downloads"
+    )]
+    pub cut_downloads_bytes: usize,
+    /// Stream each data.json response at most this fast (the speed model's assumption of
+    /// Iterable's streaming rate per request) [default: as fast as generated].
+    #[arg(long, value_name = "BYTES")]
+    pub stream_bytes_per_second: Option<u64>,
 }
 
 /// A share between 0 and 1.
@@ -526,6 +610,14 @@ mod tests {
             "2",
             "--min-replace-ratio",
             "0.25",
+            "--export-api",
+            "jobs",
+            "--export-api",
+            "stream",
+            "--export-jobs",
+            "3",
+            "--export-job-requests-per-second",
+            "2",
         ])
         .unwrap();
         let Command::Sync(args) = cli.command else {
@@ -544,6 +636,9 @@ mod tests {
             (0.25, crate::config::Origin::Flag("--min-replace-ratio"))
         );
         assert!(layer.key.is_none() && layer.lookback.is_none());
+        assert_eq!(layer.export_api.unwrap().value, ExportApi::Stream);
+        assert_eq!(layer.export_jobs.unwrap().value, 3);
+        assert_eq!(layer.export_job_requests_per_second.unwrap().value, 2);
     }
 
     #[test]

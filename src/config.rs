@@ -14,13 +14,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, Utc};
+use clap::ValueEnum;
 use url::Url;
 
 use crate::api::{ApiKey, Region};
 use crate::catalog::{self, StreamDef, SyncMode};
 use crate::convert::timestamp::parse_instant;
 use crate::delta::TableFormat;
-use crate::sync::SyncOptions;
+use crate::sync::{ExportApi, SyncOptions};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +94,9 @@ pub struct Layer {
     pub retain_removed: Option<Given<i64>>,
     pub min_replace_ratio: Option<Given<f64>>,
     pub dedupe_memory_mib: Option<Given<i64>>,
+    pub export_api: Option<Given<ExportApi>>,
+    pub export_jobs: Option<Given<i64>>,
+    pub export_job_requests_per_second: Option<Given<i64>>,
 }
 
 impl Layer {
@@ -124,6 +128,11 @@ impl Layer {
             retain_removed: self.retain_removed.or(lower.retain_removed),
             min_replace_ratio: self.min_replace_ratio.or(lower.min_replace_ratio),
             dedupe_memory_mib: self.dedupe_memory_mib.or(lower.dedupe_memory_mib),
+            export_api: self.export_api.or(lower.export_api),
+            export_jobs: self.export_jobs.or(lower.export_jobs),
+            export_job_requests_per_second: self
+                .export_job_requests_per_second
+                .or(lower.export_job_requests_per_second),
         }
     }
 
@@ -291,6 +300,8 @@ pub struct ApiSettings {
     pub list_users_requests_per_minute: Option<u32>,
     /// `None`: the client's default (Iterable's limit).
     pub metrics_requests_per_minute: Option<u32>,
+    /// `None`: the client's default (Iterable's limit).
+    pub export_job_requests_per_second: Option<u32>,
 }
 
 /// A validated `sync`.
@@ -357,6 +368,7 @@ impl Layer {
             export_requests_per_minute: per_minute(&self.export_requests_per_minute)?,
             list_users_requests_per_minute: per_minute(&self.list_users_requests_per_minute)?,
             metrics_requests_per_minute: per_minute(&self.metrics_requests_per_minute)?,
+            export_job_requests_per_second: per_minute(&self.export_job_requests_per_second)?,
         })
     }
 
@@ -415,6 +427,13 @@ impl Layer {
         }
         if let Some(f) = &self.table_format {
             opts.table_format = f.value;
+        }
+        opts.export_api = self
+            .export_api
+            .as_ref()
+            .map_or(ExportApi::Auto, |a| a.value);
+        if let Some(n) = &self.export_jobs {
+            opts.jobs.max_jobs = usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(1);
         }
         if let Some(d) = &self.retain_removed {
             opts.retain_removed = Duration::days(at_least(d, 0, "zero or more days")?);
@@ -498,6 +517,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "metrics_requests_per_minute",
     "events_max_users",
     "table_format",
+    "export_api",
+    "export_jobs",
+    "export_job_requests_per_second",
     "retain_removed",
     "min_replace_ratio",
     "dedupe_memory_mib",
@@ -573,6 +595,13 @@ fn parse_table_format(s: &str, origin: &Origin) -> Result<TableFormat, ConfigErr
                 TableFormat::ALL.map(TableFormat::as_str).join(", ")
             ),
         })
+}
+
+fn parse_export_api(s: &str, origin: &Origin) -> Result<ExportApi, ConfigError> {
+    ExportApi::from_str(s, false).map_err(|_| ConfigError::Invalid {
+        origin: origin.clone(),
+        problem: format!("{s:?} is not an export API (use stream, jobs or auto)"),
+    })
 }
 
 fn parse_mode(s: &str, origin: &Origin) -> Result<SyncMode, ConfigError> {
@@ -655,6 +684,16 @@ pub fn parse_toml(file: &str, dir: &Path, text: &str) -> Result<Layer, ConfigErr
                     parse_mode(&toml_string(v, &origin)?, &origin)?,
                     origin.clone(),
                 ))
+            }
+            "export_api" => {
+                layer.export_api = Some(Given::new(
+                    parse_export_api(&toml_string(v, &origin)?, &origin)?,
+                    origin.clone(),
+                ))
+            }
+            "export_jobs" => layer.export_jobs = some(toml_integer(v, &origin)?, &origin),
+            "export_job_requests_per_second" => {
+                layer.export_job_requests_per_second = some(toml_integer(v, &origin)?, &origin)
             }
             "table_format" => {
                 layer.table_format = Some(Given::new(
@@ -933,6 +972,9 @@ mod tests {
             events_max_users = 5000
             min_replace_ratio = 0.25
             dedupe_memory_mib = 64
+            export_api = "jobs"
+            export_jobs = 2
+            export_job_requests_per_second = 3
             api_key_file = "secrets/key"
         "#;
         let layer = parse_toml("/etc/il/lake.toml", Path::new("/etc/il"), text).unwrap();
@@ -964,6 +1006,15 @@ mod tests {
         assert_eq!(cfg.options.events_max_users, Some(5000));
         assert_eq!(cfg.options.min_replace_ratio, 0.25);
         assert_eq!(cfg.options.dedupe_memory, 64 << 20);
+        assert_eq!(cfg.options.export_api, ExportApi::Jobs);
+        assert_eq!(cfg.options.jobs.max_jobs, 2);
+        assert_eq!(cfg.api.export_job_requests_per_second, Some(3));
+        let unset = keyed().sync_config(now()).unwrap();
+        assert_eq!(
+            unset.options.export_api,
+            ExportApi::Auto,
+            "the command line's default"
+        );
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );
@@ -1000,6 +1051,14 @@ mod tests {
         assert_eq!(
             err("mode = \"sometimes\""),
             r#"lake.toml: mode: "sometimes" is not a mode (use incremental, full-refresh-overwrite, full-refresh-append, incremental-deduped)"#
+        );
+        assert_eq!(
+            err("export_api = \"sometimes\""),
+            r#"lake.toml: export_api: "sometimes" is not an export API (use stream, jobs or auto)"#
+        );
+        assert_eq!(
+            err("dest = \"/l\"\napi_key = \"k\"\nexport_jobs = 0"),
+            "lake.toml: export_jobs: must be at least 1"
         );
         assert_eq!(
             err("api_key = \"k\"\napi_key_file = \"f\""),

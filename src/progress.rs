@@ -42,9 +42,22 @@ pub struct StreamProgress {
     pub done: Option<String>,
 }
 
+/// What the bars know of the run's export jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobsProgress {
+    /// Waiting for a slot, or `Enqueued` at Iterable.
+    pub queued: u64,
+    pub running: u64,
+    /// Read whole.
+    pub done: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
 #[derive(Default)]
 struct Bars {
     run: Option<ProgressBar>,
+    jobs: Option<(ProgressBar, JobsProgress)>,
     streams: BTreeMap<String, (ProgressBar, StreamProgress)>,
 }
 
@@ -66,6 +79,7 @@ struct Fields {
     streams: Option<u64>,
     error: Option<String>,
     status: Option<String>,
+    jobs: JobsProgress,
 }
 
 impl Fields {
@@ -85,6 +99,11 @@ impl Fields {
             "rows" => self.rows = Some(value),
             "bytes" => self.bytes = Some(value),
             "streams" => self.streams = Some(value),
+            "jobs_queued" => self.jobs.queued = value,
+            "jobs_running" => self.jobs.running = value,
+            "jobs_done" => self.jobs.done = value,
+            "job_files" => self.jobs.files = value,
+            "job_bytes" => self.jobs.bytes = value,
             _ => {}
         }
     }
@@ -156,9 +175,17 @@ impl Progress {
             .collect()
     }
 
+    /// What the export jobs' bar shows now, if the run has started a job.
+    pub fn jobs(&self) -> Option<JobsProgress> {
+        self.bars().jobs.as_ref().map(|(_, j)| j.clone())
+    }
+
     /// Remove every bar from the terminal.
     pub fn clear(&self) {
         let bars = self.bars();
+        if let Some((bar, _)) = &bars.jobs {
+            bar.finish_and_clear();
+        }
         for (bar, _) in bars.streams.values() {
             bar.finish_and_clear();
         }
@@ -196,6 +223,24 @@ impl Progress {
             );
             run.enable_steady_tick(TICK);
             bars.run = Some(run);
+            return;
+        }
+        if f.message.starts_with("export job") {
+            let (bar, jobs) = bars.jobs.get_or_insert_with(|| {
+                let bar = ProgressBar::new_spinner()
+                    .with_style(stream_style())
+                    .with_prefix("export jobs");
+                (self.multi.insert(0, bar), JobsProgress::default())
+            });
+            *jobs = f.jobs;
+            bar.set_position(jobs.done);
+            bar.set_message(format!(
+                "done; {} queued, {} running, {} files, {} read",
+                jobs.queued,
+                jobs.running,
+                jobs.files,
+                HumanBytes(jobs.bytes)
+            ));
             return;
         }
         let Some(stream) = f.stream.as_deref() else {
@@ -304,7 +349,14 @@ mod tests {
             tracing::warn!(target: ENGINE_TARGET, stream = "users", window = %"[c, d)", error = %"cut off", "window failed; splitting it");
             tracing::info!(target: ENGINE_TARGET, stream = "email_send", rows = 12u64, files = 1u64, status = ?"Succeeded", "stream done");
             tracing::info!(target: "elsewhere", stream = "email_send", rows = 1000u64, bytes = 1u64, "window fetched");
+            tracing::info!(target: ENGINE_TARGET, stream = "users", job = 7, jobs_queued = 3u64, jobs_running = 2u64, jobs_done = 1u64, job_files = 4u64, job_bytes = 9u64, "export job read");
         });
+        let jobs = progress.jobs().expect("a jobs bar");
+        assert_eq!(
+            (jobs.queued, jobs.running, jobs.done, jobs.files, jobs.bytes),
+            (3, 2, 1, 4, 9)
+        );
+        assert!(progress.snapshot()["users"].windows == 0);
         let snap = progress.snapshot();
         let send = &snap["email_send"];
         assert_eq!((send.rows, send.bytes, send.windows), (12, 150, 2));

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
-use reqwest::StatusCode;
 use reqwest::header::{HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
@@ -71,6 +71,8 @@ pub enum Family {
     ListUsers,
     /// `campaigns/metrics`: 10 requests per minute per project.
     Metrics,
+    /// The export jobs' `start`, `files` and cancel: 1 request per second per organization.
+    ExportJobs,
     /// Generous endpoints with no shared limiter.
     Other,
 }
@@ -105,6 +107,7 @@ pub struct ClientConfig {
     pub export_requests_per_minute: u32,
     pub list_users_requests_per_minute: u32,
     pub metrics_requests_per_minute: u32,
+    pub export_job_requests_per_second: u32,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// The longest wait for the next bytes of a response.
@@ -119,6 +122,7 @@ impl ClientConfig {
             export_requests_per_minute: 4,
             list_users_requests_per_minute: 5,
             metrics_requests_per_minute: 10,
+            export_job_requests_per_second: 1,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(300),
@@ -201,6 +205,7 @@ pub struct ApiClient {
     export_limiter: Arc<DefaultDirectRateLimiter>,
     list_users_limiter: Arc<DefaultDirectRateLimiter>,
     metrics_limiter: Arc<DefaultDirectRateLimiter>,
+    export_jobs_limiter: Arc<DefaultDirectRateLimiter>,
     retry: RetryPolicy,
     pub stats: Arc<ApiStats>,
     /// Counters of one part of the run (a stream), kept besides `stats`.
@@ -212,6 +217,14 @@ fn per_minute(per_minute: u32) -> Arc<DefaultDirectRateLimiter> {
     let n = NonZeroU32::new(per_minute.max(1)).expect("max(1)");
     Arc::new(RateLimiter::direct(
         Quota::per_minute(n).allow_burst(NonZeroU32::MIN),
+    ))
+}
+
+/// A limiter of `per_second` requests, one at a time (no bursts).
+fn per_second(per_second: u32) -> Arc<DefaultDirectRateLimiter> {
+    let n = NonZeroU32::new(per_second.max(1)).expect("max(1)");
+    Arc::new(RateLimiter::direct(
+        Quota::per_second(n).allow_burst(NonZeroU32::MIN),
     ))
 }
 
@@ -246,6 +259,7 @@ impl ApiClient {
             export_limiter: per_minute(cfg.export_requests_per_minute),
             list_users_limiter: per_minute(cfg.list_users_requests_per_minute),
             metrics_limiter: per_minute(cfg.metrics_requests_per_minute),
+            export_jobs_limiter: per_second(cfg.export_job_requests_per_second),
             retry: cfg.retry,
             stats: Arc::default(),
             scope: None,
@@ -312,6 +326,48 @@ impl ApiClient {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<reqwest::Response, ApiError> {
+        self.send(Method::GET, family, segments, query, None).await
+    }
+
+    /// POST `body` as JSON to `path`, like [`get`](Self::get) otherwise.
+    pub async fn post_json(
+        &self,
+        family: Family,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, ApiError> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.send(Method::POST, family, &segments, &[], Some(body))
+            .await
+    }
+
+    /// DELETE `path`, like [`get`](Self::get) otherwise.
+    pub async fn delete(&self, family: Family, path: &str) -> Result<reqwest::Response, ApiError> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.send(Method::DELETE, family, &segments, &[], None)
+            .await
+    }
+
+    /// GET a pre-signed download link (an export job's file): without the `Api-Key` header,
+    /// without retries (the caller knows what a failure means for the file). The link's
+    /// query string is its signature: errors carry no URL.
+    pub async fn download(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
+        self.count(|s| &s.requests, 1);
+        self.http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(reqwest::Error::without_url)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        family: Family,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, ApiError> {
         let url = self.url(segments, query)?;
         let shown = display_url(&url);
         let mut attempt = 0u32;
@@ -323,16 +379,21 @@ impl ApiClient {
                 Family::Export => self.export_limiter.until_ready().await,
                 Family::ListUsers => self.list_users_limiter.until_ready().await,
                 Family::Metrics => self.metrics_limiter.until_ready().await,
+                Family::ExportJobs => self.export_jobs_limiter.until_ready().await,
                 Family::Other => {}
             }
             self.count(|s| &s.requests, 1);
             let mut limited = false;
-            let sent = self
+            let mut request = self
                 .http
-                .get(url.clone())
-                .header("Api-Key", self.key.clone())
-                .send()
-                .await;
+                .request(method.clone(), url.clone())
+                .header("Api-Key", self.key.clone());
+            if let Some(body) = body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+            }
+            let sent = request.send().await;
             let retry_after = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status().is_redirection() => {

@@ -30,6 +30,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::NaiveDateTime;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -218,7 +219,7 @@ impl ExportRequest {
 
 async fn data_json(Shared(state): Shared<Arc<State>>, RawQuery(raw): RawQuery) -> Response {
     if let Err(wait) = state.admit_export() {
-        return too_many_requests(&state, wait);
+        return too_many_requests(&state, "/api/export/data.json", wait);
     }
     let req = match ExportRequest::parse(&state, &Params::parse(raw.as_deref())) {
         Ok(req) => req,
@@ -228,21 +229,41 @@ async fn data_json(Shared(state): Shared<Arc<State>>, RawQuery(raw): RawQuery) -
     let cut_off = state.take_cut_off(&req.requested, canonical);
     let query = state.query(req.ty, req.start_ms, req.end_ms, req.shape);
     let bom = state.cfg.faults.byte_order_mark;
+    let rate = state.cfg.faults.stream_bytes_per_second;
     if state.cfg.cache_bodies && state.generator.settled(query.now_ms) {
         let body = cached_body(state, query).await;
         let mark = bom.then(|| Bytes::from_static(BYTE_ORDER_MARK));
         let chunks = futures::stream::iter(mark.into_iter().chain(body.to_vec()));
-        return ndjson_body(chunks, cut_off);
+        return ndjson_body(throttled(chunks, rate), cut_off);
     }
-    ndjson_response(
-        move |out| {
-            if bom {
-                out(BYTE_ORDER_MARK)?;
+    let chunks = generated(move |out| {
+        if bom {
+            out(BYTE_ORDER_MARK)?;
+        }
+        state.generator.write_body(&query, out)
+    });
+    ndjson_body(throttled(chunks, rate), cut_off)
+}
+
+/// `chunks`, each held back until the body so far has taken `bytes_per_second` to send.
+fn throttled(
+    chunks: impl Stream<Item = Bytes> + Send + 'static,
+    bytes_per_second: Option<u64>,
+) -> BoxStream<'static, Bytes> {
+    let Some(rate) = bytes_per_second else {
+        return chunks.boxed();
+    };
+    let started = tokio::time::Instant::now();
+    chunks
+        .scan(0u64, move |sent, chunk| {
+            *sent += chunk.len() as u64;
+            let due = started + Duration::from_secs_f64(*sent as f64 / rate.max(1) as f64);
+            async move {
+                tokio::time::sleep_until(due).await;
+                Some(chunk)
             }
-            state.generator.write_body(&query, out)
-        },
-        cut_off,
-    )
+        })
+        .boxed()
 }
 
 /// The body of a settled query, generated the first time and replayed after.
@@ -272,11 +293,12 @@ async fn cached_body(state: Arc<State>, query: Query) -> Arc<[Bytes]> {
     body
 }
 
-fn too_many_requests(state: &State, wait: Duration) -> Response {
+/// 429 `RateLimitExceeded` for `endpoint`, with `Retry-After` under `Faults::retry_after`.
+pub(super) fn too_many_requests(state: &State, endpoint: &str, wait: Duration) -> Response {
     let mut response = api_error(
         StatusCode::TOO_MANY_REQUESTS,
         "RateLimitExceeded",
-        "Exceeded rate limit for endpoint: /api/export/data.json, project: 1",
+        format!("Exceeded rate limit for endpoint: {endpoint}, project: 1"),
     );
     if state.cfg.faults.retry_after {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -326,6 +348,14 @@ pub(super) fn ndjson_response<F>(produce: F, cut_off: Option<Cut>) -> Response
 where
     F: FnOnce(&mut dyn FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()> + Send + 'static,
 {
+    ndjson_body(generated(produce), cut_off)
+}
+
+/// The chunks `produce` writes from a blocking thread (see [`ndjson_response`]).
+fn generated<F>(produce: F) -> impl Stream<Item = Bytes> + Send + 'static
+where
+    F: FnOnce(&mut dyn FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         chunked(produce, |chunk| match tx.blocking_send(chunk) {
@@ -333,10 +363,9 @@ where
             Err(_) => ControlFlow::Break(()),
         })
     });
-    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+    futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    ndjson_body(chunks, cut_off)
+    })
 }
 
 /// Run `produce`, handing what it writes to `send` in chunks of about [`CHUNK`] bytes.
@@ -369,51 +398,59 @@ fn ndjson_body(
 ) -> Response {
     let body = match cut_off {
         None => Body::from_stream(chunks.map(Ok::<_, io::Error>)),
-        Some(Cut::Abort(limit)) => Body::from_stream(cut_after(chunks, limit)),
+        Some(Cut::Abort(limit)) => Body::from_stream(cut_after(chunks, limit, false)),
+        Some(Cut::AbortMidLine(limit)) => Body::from_stream(cut_after(chunks, limit, true)),
         Some(Cut::Clean(limit)) => Body::from_stream(end_mid_line(chunks, limit)),
     };
     ([(header::CONTENT_TYPE, NDJSON)], body).into_response()
 }
 
-/// Passes the first `limit` bytes of `chunks`, then fails if anything was left, which makes
-/// hyper abort the connection without the final chunk.
+/// Passes the first `limit` bytes of `chunks` (with `mid_line`, and more up to a byte that
+/// is not a newline), then fails if anything was left, which makes hyper abort the
+/// connection without the body's end.
 fn cut_after(
     chunks: impl Stream<Item = Bytes> + Send + 'static,
     limit: usize,
+    mid_line: bool,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
     struct Cut {
         chunks: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
-        left: usize,
+        sent: usize,
+        /// Whether what was sent so far ends a line (or is empty).
+        at_line_start: bool,
         truncated: bool,
     }
     let start = Cut {
         chunks: Box::pin(chunks),
-        left: limit,
+        sent: 0,
+        at_line_start: true,
         truncated: false,
     };
-    futures::stream::unfold(Some(start), |cut| async move {
+    futures::stream::unfold(Some(start), move |cut| async move {
         let mut cut = cut?;
-        let next = if cut.truncated {
-            None
-        } else {
-            match cut.chunks.next().await {
-                None => return None,
-                Some(chunk) => Some(chunk),
-            }
-        };
-        match next {
-            Some(mut chunk) if cut.left > 0 => {
-                cut.truncated = chunk.len() > cut.left;
-                chunk.truncate(cut.left);
-                cut.left -= chunk.len();
-                Some((Ok(chunk), Some(cut)))
-            }
-            _ => {
-                tokio::time::sleep(CUT_OFF_GRACE).await;
-                let err = io::Error::new(io::ErrorKind::ConnectionAborted, "fake cut-off");
-                Some((Err(err), None))
-            }
+        if cut.truncated {
+            tokio::time::sleep(CUT_OFF_GRACE).await;
+            let err = io::Error::new(io::ErrorKind::ConnectionAborted, "fake cut-off");
+            return Some((Err(err), None));
         }
+        let mut chunk = cut.chunks.next().await?;
+        let mut n = chunk.len().min(limit.saturating_sub(cut.sent));
+        while n < chunk.len() {
+            let line_start = if n == 0 {
+                cut.at_line_start
+            } else {
+                chunk[n - 1] == b'\n'
+            };
+            if !(mid_line && line_start) {
+                cut.truncated = true;
+                break;
+            }
+            n += 1;
+        }
+        chunk.truncate(n);
+        cut.sent += n;
+        cut.at_line_start = chunk.last().map_or(cut.at_line_start, |b| *b == b'\n');
+        Some((Ok(chunk), Some(cut)))
     })
 }
 
@@ -479,5 +516,36 @@ mod tests {
     fn fields_split_on_commas_across_repeats() {
         let fields = split_fields(["a,b", " c ", ",,d"].into_iter());
         assert_eq!(fields, ["a", "b", "c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn data_json_streams_at_the_modelled_rate() {
+        let mut cfg = crate::fake::FakeConfig::small(32);
+        cfg.faults.stream_bytes_per_second = Some(100_000);
+        let fake = crate::fake::FakeIterable::start(cfg)
+            .await
+            .expect("the fake starts");
+        fake.set_now("2024-01-05T00:00:00Z".parse().expect("an instant"));
+        let url = format!(
+            "{}export/data.json?dataTypeName=emailSend&range=All",
+            fake.base_url()
+        );
+        let started = std::time::Instant::now();
+        let body = reqwest::Client::new()
+            .get(url)
+            .header("Api-Key", &fake.config().api_key)
+            .send()
+            .await
+            .expect("an answer")
+            .bytes()
+            .await
+            .expect("a whole body");
+        let elapsed = started.elapsed().as_secs_f64();
+        let modelled = body.len() as f64 / 100_000.0;
+        assert!(modelled > 0.3, "{} bytes: too small to time", body.len());
+        assert!(
+            elapsed >= modelled * 0.95 && elapsed < modelled + 2.0,
+            "{elapsed:.2} s for {modelled:.2} s"
+        );
     }
 }

@@ -58,6 +58,8 @@ pub struct FakeConfig {
     /// The largest export-job file, in bytes (Iterable: 10 MB). A file holds whole lines, so
     /// a single longer line makes a file of its own.
     pub job_file_bytes: usize,
+    /// How export jobs move through their states (see the `jobs` module).
+    pub jobs: JobConfig,
     /// Keep every export body generated once the data is settled (see
     /// [`Generator::settled`]) and replay it for the same request, so that a benchmark's
     /// client, not the fake's generator, uses the CPU. Bodies are held whole in memory.
@@ -68,6 +70,30 @@ pub struct FakeConfig {
     /// gains one), and another tenth (`i % 10 == 7`) had the email `was.<email>`.
     pub identity_changes: bool,
     pub faults: Faults,
+}
+
+/// How the fake's export jobs run, on the job clock (wall-clock time since the server
+/// started, plus [`FakeIterable::advance_job_clock`]). Iterable documents the 10 MB files,
+/// the 100 GB cap, the 30-minute URLs and the 4 jobs processing at once; the queue and run
+/// times and the production rate are assumptions of the speed model, settable here.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// How long a started (or restarted) job waits `Enqueued` before it may take a slot.
+    pub queue_time: Duration,
+    /// The shortest time a job runs `Running`, however little it exports.
+    pub run_time: Duration,
+    /// How fast one running job writes its files, in bytes per second (each running job at
+    /// this rate). A job runs for its bytes at this rate, or `run_time` if longer. `None`:
+    /// every job runs `run_time`.
+    pub bytes_per_second: Option<u64>,
+    /// Jobs processing at once (Iterable: 4 per organization); later ones wait `Enqueued`.
+    pub max_running: usize,
+    /// An export's cap in bytes (Iterable: 100 GB): the files past it are not written and
+    /// the job says `exportTruncated`.
+    pub max_bytes: u64,
+    /// How long a file URL stays valid after the `files` call that listed it (Iterable: 30
+    /// minutes), on the job clock.
+    pub url_lifetime: Duration,
 }
 
 /// Faults, each switchable per server instance.
@@ -113,6 +139,35 @@ pub struct Faults {
     /// more row: the metrics of that campaign under this id, which no `GET /api/campaigns`
     /// lists and nobody asked for (a response may name such a campaign).
     pub unasked_metrics_campaign: Option<i64>,
+    /// At most this many requests per window of wall-clock time to each of `export/start`,
+    /// `export/{jobId}/files` and `DELETE export/{jobId}`, each its own budget; the rest get
+    /// 429 `RateLimitExceeded` (with `Retry-After` under `retry_after`). Iterable: 1 a second.
+    pub job_rate: Option<(u32, Duration)>,
+    /// These jobs go back from `Running` to `Enqueued` once, halfway through, keeping the
+    /// files they wrote, and then queue and run again for the rest.
+    pub job_restart: Option<FirstJobs>,
+    /// These jobs turn `Failed` halfway through: their files are no longer listed and their
+    /// URLs answer 404.
+    pub job_failure: Option<FirstJobs>,
+    /// These jobs complete with `exportTruncated`, holding only the first half of their
+    /// files (rounded down).
+    pub job_truncation: Option<FirstJobs>,
+    /// The first this many file downloads with a valid URL answer 403 "Request has expired".
+    pub expired_urls: u32,
+    /// Cut file downloads off mid-line: the full `Content-Length` is announced, about
+    /// `after_bytes` are sent, then the connection closes.
+    pub cut_downloads: Option<CutOff>,
+    /// Stream each `data.json` response at most this fast, in bytes per second (the speed
+    /// model's assumption of Iterable's per-request streaming rate).
+    pub stream_bytes_per_second: Option<u64>,
+}
+
+/// The first `jobs` export jobs started of `data_type` (either spelling; every data type
+/// when `None`).
+#[derive(Debug, Clone)]
+pub struct FirstJobs {
+    pub data_type: Option<String>,
+    pub jobs: u32,
 }
 
 /// A response cut off after `after_bytes` body bytes, for the first `first_requests`
@@ -132,6 +187,9 @@ enum Cut {
     Abort(usize),
     /// The body ends properly, in the middle of a line.
     Clean(usize),
+    /// The connection is aborted in the middle of a line (a byte or more past the count
+    /// when that falls at a line's end).
+    AbortMidLine(usize),
 }
 
 impl Default for Faults {
@@ -151,12 +209,20 @@ impl Default for Faults {
             cursorless_every: None,
             keyless_users: false,
             unasked_metrics_campaign: None,
+            job_rate: Some((1, Duration::from_secs(1))),
+            job_restart: None,
+            job_failure: None,
+            job_truncation: None,
+            expired_urls: 0,
+            cut_downloads: None,
+            stream_bytes_per_second: None,
         }
     }
 }
 
 impl FakeConfig {
-    /// A small data set for tests: a few days, tens of events per type per day, no rate limit.
+    /// A small data set for tests: a few days, tens of events per type per day, no rate
+    /// limits, export jobs that queue 100 ms and run 200 ms.
     pub fn small(seed: u64) -> Self {
         FakeConfig {
             seed,
@@ -166,10 +232,19 @@ impl FakeConfig {
             events_per_day: 40,
             users: 200,
             job_file_bytes: 10 * 1024 * 1024,
+            jobs: JobConfig {
+                queue_time: Duration::from_millis(100),
+                run_time: Duration::from_millis(200),
+                bytes_per_second: None,
+                max_running: 4,
+                max_bytes: 100 << 30,
+                url_lifetime: Duration::from_secs(30 * 60),
+            },
             cache_bodies: false,
             identity_changes: false,
             faults: Faults {
                 export_rate: None,
+                job_rate: None,
                 ..Faults::default()
             },
         }
@@ -189,7 +264,17 @@ pub(crate) struct State {
     requests: Mutex<BTreeMap<String, u64>>,
     rate_limited: AtomicU64,
     /// When the export requests admitted in the current rate-limit window arrived.
-    export_window: Mutex<VecDeque<Instant>>,
+    export_window: RateWindow,
+    /// The same for `export/start`, `export/{jobId}/files` and `DELETE export/{jobId}`.
+    job_windows: [RateWindow; 3],
+    /// Export-job requests answered 429.
+    job_rate_limited: AtomicU64,
+    /// File downloads that carried an API key (header or query).
+    keyed_file_requests: AtomicU64,
+    /// When the server started: the job clock's zero.
+    started: Instant,
+    /// How far [`FakeIterable::advance_job_clock`] moved the job clock.
+    job_clock_skew: Mutex<Duration>,
     dice_500: Mutex<Rng>,
     /// Successful `data.json` requests the cut-off faults have seen, each.
     cut_off_seen: AtomicU64,
@@ -209,7 +294,12 @@ impl State {
             addr,
             requests: Mutex::new(BTreeMap::new()),
             rate_limited: AtomicU64::new(0),
-            export_window: Mutex::new(VecDeque::new()),
+            export_window: RateWindow::default(),
+            job_windows: Default::default(),
+            job_rate_limited: AtomicU64::new(0),
+            keyed_file_requests: AtomicU64::new(0),
+            started: Instant::now(),
+            job_clock_skew: Mutex::new(Duration::ZERO),
             cut_off_seen: AtomicU64::new(0),
             clean_cut_off_seen: AtomicU64::new(0),
             jobs: Mutex::new(jobs::Jobs::default()),
@@ -245,27 +335,26 @@ impl State {
     /// Admits one `data.json` request under `Faults::export_rate`, or tells how long until
     /// the window admits another.
     fn admit_export(&self) -> Result<(), Duration> {
-        let Some((limit, window)) = self.cfg.faults.export_rate else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let mut admitted = self.export_window.lock().expect("rate lock");
-        while admitted
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            admitted.pop_front();
-        }
-        match admitted.front() {
-            Some(oldest) if admitted.len() >= limit as usize => {
+        self.export_window
+            .admit(self.cfg.faults.export_rate)
+            .inspect_err(|_| {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                Err(window - now.duration_since(*oldest))
-            }
-            _ => {
-                admitted.push_back(now);
-                Ok(())
-            }
-        }
+            })
+    }
+
+    /// Admits one export-job request to `endpoint` under `Faults::job_rate`, or tells how
+    /// long until its window admits another.
+    fn admit_job_request(&self, endpoint: JobEndpoint) -> Result<(), Duration> {
+        self.job_windows[endpoint as usize]
+            .admit(self.cfg.faults.job_rate)
+            .inspect_err(|_| {
+                self.job_rate_limited.fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
+    /// The job clock: wall-clock time since the server started, plus the skew tests add.
+    fn job_clock(&self) -> Duration {
+        self.started.elapsed() + *self.job_clock_skew.lock().expect("skew lock")
     }
 
     /// How to cut this `data.json` response short, if `Faults::cut_off` or
@@ -300,6 +389,45 @@ impl State {
             now_ms: self.now().timestamp_millis(),
             user: None,
             shape,
+        }
+    }
+}
+
+/// The export-job endpoints that have a rate limit each.
+#[derive(Debug, Clone, Copy)]
+enum JobEndpoint {
+    Start,
+    Files,
+    Cancel,
+}
+
+/// The requests admitted in a sliding window of wall-clock time.
+#[derive(Debug, Default)]
+struct RateWindow(Mutex<VecDeque<Instant>>);
+
+impl RateWindow {
+    /// Admits one request under `limit` (requests per window; `None`: no limit), or tells
+    /// how long until the window admits another.
+    fn admit(&self, limit: Option<(u32, Duration)>) -> Result<(), Duration> {
+        let Some((limit, window)) = limit else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut admitted = self.0.lock().expect("rate lock");
+        while admitted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            admitted.pop_front();
+        }
+        match admitted.front() {
+            Some(oldest) if admitted.len() >= limit as usize => {
+                Err(window - now.duration_since(*oldest))
+            }
+            _ => {
+                admitted.push_back(now);
+                Ok(())
+            }
         }
     }
 }
@@ -566,6 +694,24 @@ impl FakeIterable {
     /// `data.json` requests answered 429 so far.
     pub fn rate_limited(&self) -> u64 {
         self.state.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Export-job requests (`start`, `files`, `DELETE`) answered 429 so far.
+    pub fn job_rate_limited(&self) -> u64 {
+        self.state.job_rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Export-job file downloads so far that carried an API key: an `Api-Key` (or `Api_Key`)
+    /// header of any value, or the key anywhere in the query string. File URLs are
+    /// pre-signed; a client should send them no key.
+    pub fn keyed_file_requests(&self) -> u64 {
+        self.state.keyed_file_requests.load(Ordering::Relaxed)
+    }
+
+    /// Moves the job clock forward: export jobs progress and file URLs age as if `by` had
+    /// passed (the data clock of [`FakeIterable::set_now`] stays).
+    pub fn advance_job_clock(&self, by: Duration) {
+        *self.state.job_clock_skew.lock().expect("skew lock") += by;
     }
 
     fn truth_query(&self, data_type: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Query {

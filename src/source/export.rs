@@ -37,8 +37,9 @@ pub struct ExportFetcher {
     pub decoder: Arc<Decoder>,
     data_type: &'static str,
     alt_data_type: Option<&'static str>,
-    /// Set once the server rejected the stream's first data type spelling.
-    use_alt_spelling: AtomicBool,
+    /// Set once the server rejected the stream's first data type spelling (shared with the
+    /// export jobs of its windows, which may find it out too).
+    use_alt_spelling: Arc<AtomicBool>,
 }
 
 impl ExportFetcher {
@@ -61,11 +62,17 @@ impl ExportFetcher {
             decoder,
             data_type,
             alt_data_type,
-            use_alt_spelling: AtomicBool::new(false),
+            use_alt_spelling: Arc::default(),
         })
     }
 
-    fn data_type(&self) -> (&'static str, Option<&'static str>) {
+    /// The flag set once the first data type spelling was refused.
+    pub(super) fn alt_spelling_flag(&self) -> Arc<AtomicBool> {
+        self.use_alt_spelling.clone()
+    }
+
+    /// The data type spelling in use, and the other one while the first is not refused.
+    pub(super) fn data_type(&self) -> (&'static str, Option<&'static str>) {
         if self.use_alt_spelling.load(Ordering::Relaxed) {
             (self.alt_data_type.unwrap_or(self.data_type), None)
         } else {

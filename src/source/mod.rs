@@ -1,6 +1,7 @@
 //! Endpoint families: each builds its requests and hands response bodies to the pipeline.
 
 pub mod export;
+pub mod jobs;
 pub mod list_users;
 pub mod metrics;
 pub mod pipeline;
@@ -31,6 +32,8 @@ pub enum FetchError {
     Task(String),
     #[error("unexpected response from {url}: {problem}")]
     Shape { url: String, problem: String },
+    #[error(transparent)]
+    Job(#[from] jobs::JobError),
 }
 
 impl From<reqwest::Error> for FetchError {
@@ -55,6 +58,7 @@ impl FetchError {
         match self {
             FetchError::CutOff { .. } | FetchError::Truncated { .. } => true,
             FetchError::Api(e) => e.is_timeout(),
+            FetchError::Job(e) => e.is_splittable(),
             _ => false,
         }
     }

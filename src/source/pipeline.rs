@@ -323,7 +323,7 @@ fn spawn_writer(mut writer: PartitionedWriter) -> (mpsc::Sender<Msg>, WriterTask
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::Poll;
     use std::time::Duration;
@@ -405,7 +405,8 @@ mod tests {
         );
     }
 
-    fn email_send_run() -> (Arc<Decoder>, PartitionedWriter) {
+    /// A decoder and an in-memory writer of `email_send`.
+    pub(in crate::source) fn email_send_run() -> (Arc<Decoder>, PartitionedWriter) {
         let def = catalog::find("email_send").expect("stream");
         let schema = Arc::new(StreamSchema::parse(def.name, def.schema, true).expect("schema"));
         let decoder = Arc::new(Decoder::new(schema.clone(), 0, def.data_type()));

@@ -161,20 +161,38 @@ impl StreamCtx<'_> {
     /// out, down to `min_window_secs`, then retrying a window up to `max_attempts` times.
     /// A window that still fails ends the unit: what came back before it is kept (the
     /// caller commits that prefix or deletes it). `Err` only for a fatal error, after
-    /// deleting every file.
+    /// deleting every file. `backfill`: the stream has no cursor (see [`plan::uses_jobs`]).
+    ///
+    /// A unit read through export jobs is cut into windows of whole days fetched at once,
+    /// as many as the run's job slots left to each stream synced at once
+    /// ([`plan::jobs_per_unit`]), and their results are taken in time order as if fetched one
+    /// after another: after the first that failed, the later ones' files are deleted and
+    /// their windows fetched again after it.
     async fn fetch_unit(
         &self,
         fetcher: &ExportFetcher,
+        backfill: bool,
         unit: Window,
         dir: &str,
         bucketing: Option<&Bucketing>,
         p: &mut Progress,
     ) -> Result<UnitFetch, FetchError> {
         let policy = &self.opts().window;
-        let mut queue = VecDeque::from([Pending {
-            window: unit,
-            attempts: 0,
-        }]);
+        let o = self.opts();
+        let by_job = |w: &Window| {
+            plan::uses_jobs(o.export_api, backfill, w.end, self.end(), o.lookback_days)
+        };
+        let at_once = match by_job(&unit) {
+            true => plan::jobs_per_unit(o),
+            false => 1,
+        };
+        let mut queue: VecDeque<Pending> = whole_day_pieces(unit, at_once)
+            .into_iter()
+            .map(|window| Pending {
+                window,
+                attempts: 0,
+            })
+            .collect();
         let mut out = UnitFetch {
             files: Vec::new(),
             done: unit.start,
@@ -182,67 +200,93 @@ impl StreamCtx<'_> {
             cut: false,
             longest_ok: 0,
         };
-        while let Some(Pending {
-            window: w,
-            attempts,
-        }) = queue.pop_front()
-        {
+        while !queue.is_empty() {
+            let batch: Vec<Pending> = queue.drain(..at_once.min(queue.len())).collect();
             let column = self.cursor_column();
-            let writer = match bucketing {
-                Some(b) => self.staging_writer(b),
-                None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
-            };
-            p.report.windows += 1;
-            let t0 = Instant::now();
-            match fetcher.fetch(w, writer).await {
-                Ok(f) => {
-                    tracing::info!(stream = self.stream.name, window = %w, rows = f.rows, bytes = f.body_bytes, secs = t0.elapsed().as_secs_f64(), "window fetched");
-                    if f.malformed > 0 {
-                        tracing::warn!(stream = self.stream.name, window = %w, lines = f.malformed, "lines that are not JSON objects were kept in _extra._malformed_line");
-                    }
-                    p.report.malformed_lines += f.malformed;
-                    out.files.extend(f.files);
-                    out.done = w.end;
-                    out.longest_ok = out.longest_ok.max(w.end - w.start);
+            let fetches = batch.iter().map(|pending| {
+                let w = pending.window;
+                let writer = match bucketing {
+                    Some(b) => self.staging_writer(b),
+                    None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
+                };
+                async move {
+                    let t0 = Instant::now();
+                    let fetched = match by_job(&w) {
+                        true => fetcher.fetch_by_job(&self.run.jobs, w, writer).await,
+                        false => fetcher.fetch(w, writer).await,
+                    };
+                    (fetched, t0.elapsed())
                 }
-                Err(error) if error.is_fatal() => {
+            });
+            let results = futures::future::join_all(fetches).await;
+            let mut results = results.into_iter().zip(batch);
+            while let Some((
+                (fetched, took),
+                Pending {
+                    window: w,
+                    attempts,
+                },
+            )) = results.next()
+            {
+                p.report.windows += 1;
+                let error = match fetched {
+                    Ok(f) => {
+                        tracing::info!(stream = self.stream.name, window = %w, rows = f.rows, bytes = f.body_bytes, secs = took.as_secs_f64(), "window fetched");
+                        if f.malformed > 0 {
+                            tracing::warn!(stream = self.stream.name, window = %w, lines = f.malformed, "lines that are not JSON objects were kept in _extra._malformed_line");
+                        }
+                        p.report.malformed_lines += f.malformed;
+                        out.files.extend(f.files);
+                        out.done = w.end;
+                        out.longest_ok = out.longest_ok.max(w.end - w.start);
+                        continue;
+                    }
+                    Err(error) => error,
+                };
+                // The windows after this one are fetched again after it, in order.
+                for ((later, _), pending) in results.by_ref().collect::<Vec<_>>().into_iter().rev()
+                {
+                    if let Ok(f) = later {
+                        self.run.delete_files(&f.files).await;
+                    }
+                    queue.push_front(pending);
+                }
+                if error.is_fatal() {
                     self.run.delete_files(&out.files).await;
                     return Err(error);
                 }
-                Err(error) => {
-                    let attempts = attempts + 1;
-                    let span = w.end - w.start;
-                    let split = error.is_splittable() && span > policy.min_window_secs * 1_000_000;
-                    if !error.is_splittable() || (!split && attempts >= policy.max_attempts) {
-                        out.failure = Some(UnitFailure { error, attempts });
-                        return Ok(out);
-                    }
-                    out.cut = true;
-                    p.report.window_retries += 1;
-                    if split {
-                        let mid = w.start + (span / 2_000_000) * 1_000_000;
-                        tracing::warn!(stream = self.stream.name, window = %w, error = %error, "window failed; splitting it");
-                        queue.push_front(Pending {
-                            window: Window {
-                                start: mid,
-                                end: w.end,
-                            },
-                            attempts: 0,
-                        });
-                        queue.push_front(Pending {
-                            window: Window {
-                                start: w.start,
-                                end: mid,
-                            },
-                            attempts: 0,
-                        });
-                    } else {
-                        tracing::warn!(stream = self.stream.name, window = %w, attempts, error = %error, "window failed; retrying it");
-                        queue.push_front(Pending {
-                            window: w,
-                            attempts,
-                        });
-                    }
+                let attempts = attempts + 1;
+                let span = w.end - w.start;
+                let split = error.is_splittable() && span > policy.min_window_secs * 1_000_000;
+                if !error.is_splittable() || (!split && attempts >= policy.max_attempts) {
+                    out.failure = Some(UnitFailure { error, attempts });
+                    return Ok(out);
+                }
+                out.cut = true;
+                p.report.window_retries += 1;
+                if split {
+                    let mid = w.start + (span / 2_000_000) * 1_000_000;
+                    tracing::warn!(stream = self.stream.name, window = %w, error = %error, "window failed; splitting it");
+                    queue.push_front(Pending {
+                        window: Window {
+                            start: mid,
+                            end: w.end,
+                        },
+                        attempts: 0,
+                    });
+                    queue.push_front(Pending {
+                        window: Window {
+                            start: w.start,
+                            end: mid,
+                        },
+                        attempts: 0,
+                    });
+                } else {
+                    tracing::warn!(stream = self.stream.name, window = %w, attempts, error = %error, "window failed; retrying it");
+                    queue.push_front(Pending {
+                        window: w,
+                        attempts,
+                    });
                 }
             }
         }
@@ -325,7 +369,14 @@ impl StreamCtx<'_> {
                 cut,
                 longest_ok,
             } = match self
-                .fetch_unit(&fetcher, unit, &dir, bucketing.as_ref(), p)
+                .fetch_unit(
+                    &fetcher,
+                    cursor.is_none(),
+                    unit,
+                    &dir,
+                    bucketing.as_ref(),
+                    p,
+                )
                 .await
             {
                 Ok(f) => f,
@@ -484,7 +535,7 @@ impl StreamCtx<'_> {
                 self.run.delete_files(&all).await;
                 return Ok(());
             }
-            let error = match self.fetch_unit(&fetcher, unit, &dir, None, p).await {
+            let error = match self.fetch_unit(&fetcher, false, unit, &dir, None, p).await {
                 Ok(UnitFetch {
                     files,
                     failure: None,
@@ -538,6 +589,25 @@ fn next_unit_days(policy: &WindowPolicy, days: i64, rows: u64, span: i64, cut: O
         Some(longest) => sized.min((longest / MICROS_PER_DAY).max(1)),
         None => sized,
     }
+}
+
+/// `unit` cut into at most `pieces` windows of whole days (counted from its start; the last
+/// one takes the rest), in time order.
+fn whole_day_pieces(unit: Window, pieces: usize) -> Vec<Window> {
+    let days = (unit.end - unit.start).div_euclid(MICROS_PER_DAY);
+    let pieces = (pieces as i64).min(days).max(1);
+    let step = (days + pieces - 1) / pieces * MICROS_PER_DAY;
+    let mut out = Vec::new();
+    let mut start = unit.start;
+    while start < unit.end {
+        let end = match start + step {
+            e if e >= unit.end || unit.end - e < MICROS_PER_DAY => unit.end,
+            e => e,
+        };
+        out.push(Window { start, end });
+        start = end;
+    }
+    out
 }
 
 /// Quarantined windows minus `done` (all windows are whole days but the last, so what
@@ -671,6 +741,42 @@ mod tests {
         assert_eq!(next_unit_days(&policy, 7, 0, 0, Some(0)), 1);
         assert_eq!(next_unit_days(&policy, 7, 0, 0, None), 7);
         assert_eq!(next_unit_days(&policy, 7, 0, 7 * DAY, None), 28);
+    }
+
+    #[test]
+    fn a_unit_read_by_jobs_is_cut_in_whole_days() {
+        let spans = |unit: Window, n| -> Vec<(i64, i64)> {
+            whole_day_pieces(unit, n)
+                .iter()
+                .map(|w| (w.start, w.end))
+                .collect()
+        };
+        let week = Window {
+            start: 0,
+            end: 7 * DAY,
+        };
+        assert_eq!(spans(week, 1), [(0, 7 * DAY)]);
+        assert_eq!(
+            spans(week, 4),
+            [
+                (0, 2 * DAY),
+                (2 * DAY, 4 * DAY),
+                (4 * DAY, 6 * DAY),
+                (6 * DAY, 7 * DAY)
+            ]
+        );
+        assert_eq!(spans(week, 10).len(), 7);
+        // A part-day end stays with the last whole day; under a day is one window.
+        let tail = Window {
+            start: 0,
+            end: 2 * DAY + 5,
+        };
+        assert_eq!(spans(tail, 4), [(0, DAY), (DAY, 2 * DAY + 5)]);
+        let short = Window {
+            start: 3,
+            end: DAY / 2,
+        };
+        assert_eq!(spans(short, 4), [(3, DAY / 2)]);
     }
 
     #[test]

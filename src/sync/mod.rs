@@ -53,6 +53,8 @@ use crate::manifest::{LiveFile, Manifest, ManifestError, Retired, StreamState};
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
 };
+use crate::source::jobs::{JobBook, JobSettings, Jobs, JobsReport};
+pub use plan::ExportApi;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The version of the schemas this build writes.
@@ -153,6 +155,11 @@ pub struct SyncOptions {
     pub table_format: TableFormat,
     /// How long files a commit retired stay for readers of older table versions.
     pub retain_removed: Duration,
+    /// How export streams are read: `data.json`, export jobs, or jobs for backfills. The
+    /// library defaults to `data.json`; the command line to `auto`.
+    pub export_api: ExportApi,
+    /// How export jobs run (slots, polling, retries).
+    pub jobs: JobSettings,
 }
 
 impl SyncOptions {
@@ -177,6 +184,8 @@ impl SyncOptions {
             wait_for_lock: std::time::Duration::ZERO,
             table_format: TableFormat::default(),
             retain_removed: Duration::days(7),
+            export_api: ExportApi::Stream,
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -247,6 +256,8 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Another run took the lake's lease over during this one (see [`crate::lock`]).
     pub lease_lost: bool,
+    /// The export jobs the run started or followed.
+    pub export_jobs: JobsReport,
 }
 
 impl RunReport {
@@ -289,6 +300,8 @@ struct Run {
     declared: BTreeMap<&'static str, Arc<StreamSchema>>,
     /// With `--table-format delta`: each stream's Delta table as last read or written.
     tables: Mutex<BTreeMap<&'static str, Table>>,
+    /// The run's export jobs, recorded in the lake.
+    jobs: Arc<Jobs>,
 }
 
 impl Run {
@@ -539,7 +552,29 @@ async fn run_locked(
     } else {
         remove_garbage(&lake, &manifest, &opts.streams, lock.cleanup_before()).await;
     }
+    let book = JobBook::open(
+        lake.clone(),
+        &run_id,
+        fence.generation(),
+        opts.jobs.resume_within,
+    )
+    .await
+    .map_err(|source| SyncError::List {
+        dest: lake.display.clone(),
+        source,
+    })?;
+    let unusable = book
+        .cancel_unusable(&client, |s| opts.streams.iter().any(|d| d.name == s))
+        .await;
+    if unusable > 0 {
+        tracing::info!(
+            jobs = unusable,
+            "cancelled export jobs earlier runs left for streams this run does not sync, or too old to follow"
+        );
+    }
+    let jobs = Arc::new(Jobs::new(opts.jobs.clone(), book));
     let run = Arc::new(Run {
+        jobs,
         extracted_at: started_at.timestamp_micros(),
         lake,
         client,
@@ -571,6 +606,10 @@ async fn run_locked(
         .buffered(concurrency)
         .collect()
         .await;
+    let cancelled = run.jobs.book().cancel_left(&run.client).await;
+    if cancelled > 0 {
+        tracing::info!(jobs = cancelled, "cancelled export jobs earlier runs left");
+    }
     let stats = &run.client.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let report = RunReport {
@@ -586,6 +625,7 @@ async fn run_locked(
         rate_limit_wait_seconds: load(&stats.rate_limit_wait_ms) as f64 / 1000.0,
         interrupted: run.opts.cancel.is_cancelled(),
         lease_lost: lock.lost(),
+        export_jobs: run.jobs.stats.report(),
     };
     write_report(&run.lake, &report).await;
     Ok(report)

@@ -16,6 +16,66 @@ pub enum PlanError {
     FullRefreshNoStart,
 }
 
+/// How export streams are read.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportApi {
+    /// `GET /api/export/data.json`, one streamed response per window.
+    Stream,
+    /// An export job per window (`POST /api/export/start`, then its files).
+    Jobs,
+    /// Jobs for a backfill's windows, `data.json` for the recent tail.
+    #[default]
+    Auto,
+}
+
+/// Whether a window ending at `window_end` is read through an export job. `backfill`: the
+/// stream has no cursor yet (its first run, or a reset). `auto` also uses jobs for windows
+/// that end before the last `lookback_days` whole days before `end` (the incremental
+/// settling window), as in a lake far behind; the recent tail is one small `data.json`
+/// request, faster than a job's queue.
+pub fn uses_jobs(
+    api: ExportApi,
+    backfill: bool,
+    window_end: i64,
+    end: i64,
+    lookback_days: i64,
+) -> bool {
+    match api {
+        ExportApi::Stream => false,
+        ExportApi::Jobs => true,
+        ExportApi::Auto => {
+            backfill || window_end <= floor_day(end) - lookback_days.max(0) * MICROS_PER_DAY
+        }
+    }
+}
+
+/// How many jobs one unit read through export jobs is cut into: the run's job slots shared
+/// by the streams synced at once (`--concurrency`, or fewer streams), at least one. More,
+/// smaller jobs only pay off when slots would stay idle: each job has its own queue and
+/// start-up time.
+pub fn jobs_per_unit(opts: &SyncOptions) -> usize {
+    (opts.jobs.max_jobs / opts.concurrency.min(opts.streams.len()).max(1)).max(1)
+}
+
+/// How a window is read, for the dry run.
+fn via(opts: &SyncOptions, backfill: bool, w: &Window, end: i64) -> &'static str {
+    match uses_jobs(opts.export_api, backfill, w.end, end, opts.lookback_days) {
+        true => "an export job",
+        false => "data.json",
+    }
+}
+
 /// The end of a run's reading: the earlier of `--end-date` and `now - lag`, in µs.
 pub fn read_end(opts: &SyncOptions) -> i64 {
     let cap = opts.now - opts.lag;
@@ -139,7 +199,7 @@ pub fn describe(opts: &SyncOptions, manifest: &Manifest) -> String {
                             opts.window.initial_days.max(1)
                         );
                         for w in &units {
-                            text += &format!("  window {w}\n");
+                            text += &format!("  window {w} via {}\n", via(opts, false, w, end));
                         }
                         text
                     }
@@ -206,14 +266,39 @@ fn describe_incremental(
             time(plan.end)
         )
     };
+    let backfill = cursor.is_none();
     for w in &plan.retries {
-        text += &format!("  retry quarantined window {w}\n");
+        text += &format!(
+            "  retry quarantined window {w} via {}\n",
+            via(opts, backfill, w, end)
+        );
     }
     if let Some(first) = plan.unit(plan.start, opts.window.initial_days) {
         let remaining = plan.end - first.end;
+        let later = match opts.export_api {
+            ExportApi::Auto if !backfill => format!(
+                "; later units via an export job while they end by {}, else data.json",
+                time(floor_day(end) - opts.lookback_days.max(0) * MICROS_PER_DAY)
+            ),
+            _ => String::new(),
+        };
+        let requests = match uses_jobs(
+            opts.export_api,
+            backfill,
+            first.end,
+            end,
+            opts.lookback_days,
+        ) {
+            true => match jobs_per_unit(opts) {
+                1 => "one export job per unit".to_string(),
+                n => format!("up to {n} export jobs per unit at once, one per whole-day window"),
+            },
+            false => "one export request per unit".to_string(),
+        };
         text += &format!(
-            "  first unit {first} ({:.2} day(s)), one export request per unit; later units are sized at run time from the rows per day seen (up to {} days){}\n",
+            "  first unit {first} ({:.2} day(s)) via {}, {requests}{later}; later units are sized at run time from the rows per day seen (up to {} days){}\n",
             days(&first),
+            via(opts, backfill, &first, end),
             opts.window.max_days,
             if remaining > 0 {
                 format!(
@@ -235,6 +320,20 @@ mod tests {
 
     fn t(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn idle_job_slots_go_to_each_unit() {
+        let per_unit = |max_jobs, concurrency, streams: usize| {
+            let mut o = SyncOptions::new(crate::catalog::export_streams().take(streams).collect());
+            o.jobs.max_jobs = max_jobs;
+            o.concurrency = concurrency;
+            jobs_per_unit(&o)
+        };
+        assert_eq!(per_unit(4, 4, 6), 1);
+        assert_eq!(per_unit(4, 4, 1), 4);
+        assert_eq!(per_unit(4, 2, 51), 2);
+        assert_eq!(per_unit(1, 4, 3), 1);
     }
 
     #[test]

@@ -51,7 +51,9 @@ pub fn assert_absent_in_tree(dir: &Path, needle: &str) -> usize {
     files
 }
 
-/// `args` with the export, list-users and metrics rate limits lifted, as the fake allows.
+/// `args` with the export, export-job, list-users and metrics rate limits lifted, as the fake
+/// allows; a `sync` reads export streams through data.json (a later `--export-api` wins):
+/// jobs cost a test several requests and polls per window, and have their own tests (`jobs`).
 pub fn unlimited<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = args.to_vec();
     all.extend([
@@ -61,6 +63,11 @@ pub fn unlimited<'a>(args: &[&'a str]) -> Vec<&'a str> {
         "100000",
         "--metrics-requests-per-minute",
         "100000",
+        "--export-job-requests-per-second",
+        "100000",
     ]);
+    if args.first() == Some(&"sync") {
+        all.extend(["--export-api", "stream"]);
+    }
     all
 }

@@ -19,7 +19,7 @@ use iterable_lake::sync::{self, RunReport, StreamStatus, SyncOptions};
 use crate::lake::{assert_only_named_files, fake_client, live_batches};
 use crate::support;
 
-fn t(s: &str) -> DateTime<Utc> {
+pub(crate) fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
@@ -27,7 +27,11 @@ fn client(fake: &FakeIterable) -> ApiClient {
     fake_client(fake, 8)
 }
 
-fn options(streams: Vec<&'static StreamDef>, start: &str, now: DateTime<Utc>) -> SyncOptions {
+pub(crate) fn options(
+    streams: Vec<&'static StreamDef>,
+    start: &str,
+    now: DateTime<Utc>,
+) -> SyncOptions {
     let mut o = SyncOptions::new(streams);
     o.start = Some(t(start));
     o.now = now;
@@ -115,7 +119,7 @@ async fn lake_contents(
     (ids, counts)
 }
 
-async fn assert_exact(
+pub(crate) async fn assert_exact(
     fake: &FakeIterable,
     lake: &LakeStore,
     stream: &StreamDef,
@@ -134,7 +138,7 @@ async fn assert_exact(
     assert_only_named_files(lake, &Manifest::load(lake).await.unwrap(), stream.name).await;
 }
 
-const START: &str = "2024-01-01T00:00:00Z";
+pub(crate) const START: &str = "2024-01-01T00:00:00Z";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_export_stream_lands_exactly_once_on_local_disk() {

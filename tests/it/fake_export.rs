@@ -1185,6 +1185,8 @@ async fn start_job(api: &Api, body: Value) -> i64 {
 async fn fake_export_jobs_run_end_to_end() {
     let mut cfg = FakeConfig::small(18);
     cfg.job_file_bytes = 4 * 1024;
+    cfg.jobs.queue_time = Duration::from_secs(600);
+    cfg.jobs.run_time = Duration::from_secs(1200);
     let api = Api::start(cfg).await;
     let (day0, day2) = (at("2024-01-01 00:00:00"), at("2024-01-03 00:00:00"));
     let started_at = at("2024-01-02 12:00:00");
@@ -1216,11 +1218,13 @@ async fn fake_export_jobs_run_end_to_end() {
     let first = poll(&api, job, None).await;
     assert_eq!(first["jobState"], "Enqueued");
     assert!(file_names(&first).is_empty());
+    api.fake.advance_job_clock(Duration::from_secs(1200));
     let running = poll(&api, job, None).await;
     assert_eq!(running["jobState"], "Running");
     let while_running = file_names(&running);
     assert!(!while_running.is_empty());
 
+    api.fake.advance_job_clock(Duration::from_secs(600));
     let mut names: Vec<String> = Vec::new();
     let mut urls: Vec<String> = Vec::new();
     loop {
@@ -1271,7 +1275,7 @@ async fn fake_export_jobs_run_end_to_end() {
         api.send(api.http.get(tampered)).await.status,
         StatusCode::FORBIDDEN
     );
-    api.fake.set_now(later + TimeDelta::minutes(40));
+    api.fake.advance_job_clock(Duration::from_secs(40 * 60));
     assert_eq!(
         api.send(api.http.get(&urls[0])).await.status,
         StatusCode::FORBIDDEN

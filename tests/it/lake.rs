@@ -47,16 +47,27 @@ pub async fn live_batches(lake: &LakeStore, stream: &str) -> Vec<(LiveFile, Vec<
 /// A client of the fake with no practical rate limits and short backoffs, retrying
 /// `retries` times.
 pub fn fake_client(fake: &FakeIterable, retries: u32) -> ApiClient {
+    fake_client_with(fake, retries, |_| {})
+}
+
+/// [`fake_client`] with `edit` applied to its configuration.
+pub fn fake_client_with(
+    fake: &FakeIterable,
+    retries: u32,
+    edit: impl FnOnce(&mut ClientConfig),
+) -> ApiClient {
     let key = ApiKey::new(fake.config().api_key.clone()).unwrap();
     let mut cfg = ClientConfig::new(fake.base_url().parse().unwrap(), key);
     cfg.export_requests_per_minute = 60_000;
     cfg.list_users_requests_per_minute = 60_000;
     cfg.metrics_requests_per_minute = 60_000;
+    cfg.export_job_requests_per_second = 1000;
     cfg.retry = RetryPolicy {
         max_retries: retries,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(100),
     };
+    edit(&mut cfg);
     ApiClient::new(cfg).unwrap()
 }
 

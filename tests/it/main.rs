@@ -13,6 +13,7 @@ mod fake_export;
 mod fake_rest;
 mod fidelity;
 mod harness;
+mod jobs;
 mod lake;
 mod metrics_events;
 mod rest_sync;

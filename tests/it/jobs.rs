@@ -1,0 +1,420 @@
+//! Export streams read through Iterable's export jobs (`--export-api jobs`/`auto`) from the
+//! fake over HTTP: exact against the fake's truth, the key never sent with a file, and jobs
+//! recorded in the lake until their windows are done.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use iterable_lake::catalog;
+use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults, FirstJobs};
+use iterable_lake::sink::LakeStore;
+use iterable_lake::source::jobs::JOBS_DIR;
+use iterable_lake::sync::{self, ExportApi, RunReport, StreamStatus, SyncOptions};
+
+use crate::bin::{BIN, text, unlimited};
+use crate::export_sync::{START, assert_exact, options, t};
+use crate::lake::{fake_client, fake_client_with};
+use crate::support;
+
+/// Options reading through jobs, polling fast (the fake's jobs move one step per poll).
+fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
+    let streams = streams.iter().map(|s| catalog::find(s).unwrap()).collect();
+    let mut o = options(streams, START, t(now));
+    o.export_api = ExportApi::Jobs;
+    o.jobs.poll_min = Duration::from_millis(20);
+    o.jobs.poll_max = Duration::from_millis(100);
+    o
+}
+
+/// Sync every export stream through jobs from a fake with `cfg` into `lake`, up to `END`, and
+/// check each against the fake's truth; no data.json request, no file request with the key,
+/// and no job record left.
+async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunReport {
+    // Past the fake's limit when it has one (as with another client of the organization):
+    // 429s are met, and waited out.
+    let per_second = cfg.faults.job_rate.map_or(1000, |(n, _)| n * 3 / 2);
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(t(END));
+    let names: Vec<&str> = catalog::export_streams().map(|s| s.name).collect();
+    let client = fake_client_with(&fake, 6, |c| c.export_job_requests_per_second = per_second);
+    let report = sync::run(lake.clone(), client, jobs_options(&names, END))
+        .await
+        .unwrap();
+    for s in &report.streams {
+        assert_eq!(
+            s.status,
+            StreamStatus::Succeeded,
+            "{}: {:?}",
+            s.stream,
+            s.quarantined
+        );
+    }
+    for s in catalog::export_streams() {
+        assert_exact(&fake, lake, s, START, t(END)).await;
+    }
+    assert_eq!(fake.requests("/api/export/data.json"), 0);
+    assert_eq!(
+        fake.keyed_file_requests(),
+        0,
+        "a file request carried the key"
+    );
+    let records: Vec<_> = lake
+        .store
+        .list(Some(&lake.path(JOBS_DIR)))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        records.is_empty(),
+        "every job record is deleted: {records:?}"
+    );
+    let jobs = &report.export_jobs;
+    assert!(
+        jobs.started >= 51 && jobs.files >= jobs.completed,
+        "{jobs:?}"
+    );
+    report
+}
+
+const END: &str = "2024-01-04T00:00:00Z";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_export_stream_through_jobs_lands_exactly_once_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let cfg = FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(3)
+    };
+    let report = every_stream_through_jobs(cfg, &lake).await;
+    let jobs = &report.export_jobs;
+    assert_eq!(jobs.completed, jobs.started, "{jobs:?}");
+    assert!(
+        jobs.files > jobs.completed,
+        "files split at 4 KiB: {jobs:?}"
+    );
+}
+
+/// Every job fault the fake has, at once: 429s past 20 job requests a second, restarts
+/// (Running -> Enqueued), failures, truncations, expired URLs and downloads cut mid-line.
+fn faulty(seed: u64) -> FakeConfig {
+    let mut cfg = FakeConfig {
+        job_file_bytes: 4 << 10,
+        ..FakeConfig::small(seed)
+    };
+    let first = |data_type: Option<&str>, jobs| {
+        Some(FirstJobs {
+            data_type: data_type.map(String::from),
+            jobs,
+        })
+    };
+    cfg.faults = Faults {
+        export_rate: None,
+        job_rate: Some((20, Duration::from_secs(1))),
+        job_restart: first(None, 12),
+        job_failure: first(Some("emailOpen"), 3),
+        job_truncation: first(Some("emailSend"), 2),
+        expired_urls: 5,
+        cut_downloads: Some(CutOff {
+            data_type: None,
+            after_bytes: 1500,
+            first_requests: 8,
+        }),
+        ..Faults::default()
+    };
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_fault_at_once_still_gives_exact_streams_locally_and_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let report = every_stream_through_jobs(faulty(8), &lake).await;
+    let jobs = &report.export_jobs;
+    // Failed jobs are started again or, once they fed lines, fail their window (which one
+    // depends on timing; both are exact).
+    assert!(jobs.failed >= 3, "{jobs:?}");
+    let send = report.streams.iter().find(|s| s.stream == "email_send");
+    let split = send.unwrap().window_retries;
+    assert!(split >= 1, "a truncated window was split: {split}");
+    assert!(report.rate_limited > 0, "{report:?}");
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
+    every_stream_through_jobs(faulty(9), &lake).await;
+}
+
+/// Run the binary with `args` and the fake's key.
+fn cli(args: &[String], key: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("ITERABLE_API_KEY", key)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// `sync` of `streams` from the fake into `dest` up to `end`, with the rate limits lifted.
+fn sync_args(dest: &str, base: &str, streams: &str, end: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = unlimited(&[
+        "sync",
+        "--dest",
+        dest,
+        "--base-url",
+        base,
+        "--streams",
+        streams,
+        "--start-date",
+        "2024-01-01",
+        "--end-date",
+        end,
+        "--lag",
+        "0",
+    ]);
+    a.extend(extra);
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// The states of the jobs the fake holds (`GET /api/export/jobs`).
+async fn fake_job_states(fake: &FakeIterable) -> Vec<String> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}export/jobs", fake.base_url()))
+        .header("Api-Key", &fake.config().api_key)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jobState"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_reads_the_tail_through_data_json_and_a_reset_stream_through_jobs() {
+    let fake = FakeIterable::start(FakeConfig::small(5)).await.unwrap();
+    let key = fake.config().api_key.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_str().unwrap().to_string();
+    let base = fake.base_url();
+    let first = "2024-01-03T00:00:00Z";
+    fake.set_now(t(first));
+    let streams = "email_send,email_open";
+    let o = cli(
+        &sync_args(&dest, &base, streams, first, &["--export-api", "auto"]),
+        &key,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (starts, streamed) = (
+        fake.requests("/api/export/start"),
+        fake.requests("/api/export/data.json"),
+    );
+    assert!(
+        starts >= 2 && streamed == 0,
+        "a first run is a backfill: {starts} {streamed}"
+    );
+
+    let next = "2024-01-04T00:00:00Z";
+    fake.set_now(t(next));
+    let dry = cli(
+        &sync_args(
+            &dest,
+            &base,
+            streams,
+            next,
+            &["--dry-run", "--export-api", "auto"],
+        ),
+        &key,
+    );
+    let out = text(&dry);
+    assert!(
+        out.contains("via data.json") && !out.contains("via an export job,"),
+        "{out}"
+    );
+    let o = cli(
+        &sync_args(&dest, &base, streams, next, &["--export-api", "auto"]),
+        &key,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        fake.requests("/api/export/start"),
+        starts,
+        "the tail is no backfill"
+    );
+    let streamed = fake.requests("/api/export/data.json");
+    assert!(streamed >= 2);
+
+    let reset = cli(
+        &["state", "--dest", &dest, "reset", "email_open"].map(String::from),
+        &key,
+    );
+    assert_eq!(reset.status.code(), Some(0), "{}", text(&reset));
+    let last = "2024-01-04T12:00:00Z";
+    fake.set_now(t(last));
+    let dry = cli(
+        &sync_args(
+            &dest,
+            &base,
+            streams,
+            last,
+            &["--dry-run", "--export-api", "auto"],
+        ),
+        &key,
+    );
+    let out = text(&dry);
+    let open = out
+        .lines()
+        .skip_while(|l| !l.starts_with("email_open"))
+        .nth(1)
+        .unwrap();
+    assert!(open.contains("via an export job"), "{out}");
+    let o = cli(
+        &sync_args(&dest, &base, streams, last, &["--export-api", "auto"]),
+        &key,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        fake.requests("/api/export/start") > starts,
+        "the reset stream is a backfill"
+    );
+    assert_eq!(
+        fake.requests("/api/export/data.json"),
+        streamed + 1,
+        "email_send's tail only"
+    );
+    let lake = LakeStore::open(&dest).unwrap();
+    for s in ["email_send", "email_open"] {
+        assert_exact(&fake, &lake, catalog::find(s).unwrap(), START, t(last)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_backfill_killed_and_rerun_is_exact_and_leaves_no_job_running() {
+    let fake = FakeIterable::start(FakeConfig::small(6)).await.unwrap();
+    let key = fake.config().api_key.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_str().unwrap().to_string();
+    let end = "2024-01-04T00:00:00Z";
+    fake.set_now(t(end));
+    let streams = "email_send,email_open,email_click,push_send,sms_send,users";
+    let args = sync_args(
+        &dest,
+        &fake.base_url(),
+        streams,
+        end,
+        &["--export-api", "jobs"],
+    );
+    let jobs_dir = dir.path().join("_jobs");
+    let (first, key1) = (args.clone(), key.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&first)
+            .env("ITERABLE_API_KEY", &key1)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let count = || -> usize {
+            std::fs::read_dir(&jobs_dir)
+                .map(|d| {
+                    d.flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        while t0.elapsed() < Duration::from_secs(60) && count() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SIGKILL: nothing of the run's own cleanup happens.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        count()
+    })
+    .await
+    .unwrap();
+    assert!(recorded >= 2, "killed while jobs were recorded: {recorded}");
+    let left = fake_job_states(&fake).await;
+    assert!(
+        left.iter().any(|s| s == "Enqueued" || s == "Running"),
+        "{left:?}"
+    );
+
+    let o = tokio::task::spawn_blocking(move || cli(&args, &key))
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let states = fake_job_states(&fake).await;
+    assert!(
+        states.iter().all(|s| s == "Completed" || s == "Failed"),
+        "a job the tool started is still running: {states:?}"
+    );
+    let lake = LakeStore::open(&dest).unwrap();
+    for s in streams.split(',') {
+        assert_exact(&fake, &lake, catalog::find(s).unwrap(), START, t(end)).await;
+    }
+    // Records only: a kill in the middle of a create may leave the local store's staging
+    // file, which is not named like a record.
+    let records: Vec<String> = std::fs::read_dir(dir.path().join("_jobs"))
+        .map(|d| {
+            d.flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+                .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("job-") && n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(records.is_empty(), "every record is gone: {records:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_falls_back_to_the_data_type_spelling_the_server_accepts() {
+    let mut cfg = FakeConfig::small(6);
+    cfg.faults.rejected_data_types = vec!["emailUnSubscribe".into()];
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    fake.set_now(t(END));
+    let mut opts = jobs_options(&["email_unsubscribe"], END);
+    opts.window.initial_days = 1;
+    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
+    assert!(s.windows >= 2, "{}", s.windows);
+    let unsub = catalog::find("email_unsubscribe").unwrap();
+    assert_exact(&fake, &lake, unsub, START, t(END)).await;
+    assert_eq!(
+        fake.requests("/api/export/start"),
+        s.windows + 1,
+        "one rejected start, then the accepted spelling for every window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_s_unit_is_read_by_several_jobs_at_once() {
+    let fake = FakeIterable::start(FakeConfig::small(10)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    fake.set_now(t(END));
+    let mut opts = jobs_options(&["email_send"], END);
+    opts.jobs.max_jobs = 2;
+    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
+        .await
+        .unwrap();
+    let s = &report.streams[0];
+    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
+    assert_eq!(s.windows, 2, "3 days cut into 2 windows of whole days");
+    assert_eq!(
+        report.export_jobs.most_in_flight, 2,
+        "{:?}",
+        report.export_jobs
+    );
+    let send = catalog::find("email_send").unwrap();
+    assert_exact(&fake, &lake, send, START, t(END)).await;
+}
