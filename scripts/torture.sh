@@ -41,6 +41,13 @@
 #                         the same with Delta tables (--table-format delta): also checked,
 #                         every file each table's latest version names exists, and after a
 #                         clean run the tables hold exactly the manifest's live files
+#   kill-local-jobs, kill-s3-jobs, s3-faults-jobs
+#                         kill and S3 faults with every window read through export jobs
+#                         (--export-api jobs) while the fake's jobs restart, fail, are
+#                         truncated, and their downloads expire or are cut off
+# The other sequences run with the command line's default --export-api auto (a first run's
+# backfill through export jobs, later nights through data.json), but heavy-day and
+# short-body, whose faults are data.json's: --export-api stream.
 # Prints a table (sequence, iterations, failures) and exits 1 if any failed.
 #
 # Environment:
@@ -219,6 +226,7 @@ sync_cmd() {
     done
     CMD=("$BIN" sync --dest "$dest" --base-url "$FAKE_URL" --streams "$streams"
         --start-date "$START" --end-date "$end" --lag 0 --log-format json --table-format "$FORMAT"
+        --export-api "$EXPORT_API"
         --export-requests-per-minute 100000 --list-users-requests-per-minute 100000
         --metrics-requests-per-minute 100000 "${extra[@]}")
 }
@@ -536,7 +544,7 @@ seq_mode_switch() {
 }
 
 seq_heavy_day() {
-    local name=heavy-day dest n codes=""
+    local name=heavy-day dest n codes="" EXPORT_API=stream
     begin "$name"
     # 128 KB: above the data's longest line (95 KB), below a day of email_send (~160 KB).
     start_fake "$name" --cut-off-bytes 131072 --cut-off-data-type emailSend
@@ -559,7 +567,7 @@ seq_heavy_day() {
 }
 
 seq_short_body() {
-    local name=short-body dest
+    local name=short-body dest EXPORT_API=stream
     begin "$name"
     if ! "$BIN" fake-api --help | grep -q -- --cut-off-clean; then
         skip "$name" "fake-api has no --cut-off-clean"
@@ -674,6 +682,7 @@ EOF
 # commit path again with Delta tables (--table-format delta): "<sequence>-delta".
 FORMAT=parquet
 SUFFIX=""
+EXPORT_API=auto
 wants kill-local && seq_kill local
 wants kill-s3 && seq_kill s3
 wants race-local && seq_race race-local local
@@ -694,6 +703,14 @@ wants kill-local-delta && seq_kill local
 wants kill-s3-delta && seq_kill s3
 wants race-local-delta && seq_race race-local-delta local
 wants s3-faults-delta && seq_s3_faults
+FORMAT=parquet
+SUFFIX=-jobs
+EXPORT_API=jobs
+FAULTS+=(--job-restarts 2 --job-failures 1 --job-truncations 1 --expired-urls 2 --cut-downloads 2
+    --job-rate 5)
+wants kill-local-jobs && seq_kill local
+wants kill-s3-jobs && seq_kill s3
+wants s3-faults-jobs && seq_s3_faults
 
 # --- report -------------------------------------------------------------------------------
 printf '\n%-16s %10s %9s  %s\n' sequence iterations failures note
