@@ -780,6 +780,9 @@ async fn bars_on_a_terminal_json_lines_under_cron() {
             "2023-12-25",
             "--end-date",
             END,
+            // Two data.json windows per stream (export jobs may cut a backfill finer).
+            "--export-api",
+            "stream",
         ])
         .iter()
         .map(|a| a.to_string())
