@@ -98,6 +98,11 @@ fn python_readers(uri: &str, version: Option<u64>, id: &str) -> Option<Value> {
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// The version of `stream`'s table (it has one).
+async fn newest_version(lake: &LakeStore, stream: &str) -> u64 {
+    Table::open(lake, stream).await.unwrap().version().unwrap()
+}
+
 /// Rows and the digest of the sorted `id` values, by DuckDB over `from`.
 fn duckdb_digest(from: &str, id: &str) -> Option<(u64, String)> {
     let q = support::duckdb(&format!(
@@ -172,11 +177,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
     let first = fake.midpoint();
     sync_at(&fake, &lake, first, Duration::days(7)).await;
     assert_readers_agree(&lake, root.to_str().unwrap()).await;
-    let v1 = Table::open(&lake, "email_send")
-        .await
-        .unwrap()
-        .version()
-        .unwrap();
+    let v1 = newest_version(&lake, "email_send").await;
     let rows1 = Manifest::load(&lake).await.unwrap().streams["email_send"].rows();
     let table = root.join("email_send");
     let table_sql = sql_str(table.to_str().unwrap());
@@ -213,11 +214,7 @@ async fn every_stream_is_a_delta_table_its_readers_agree_on() {
     // Files carry the writer's column statistics, and readers that skip files by them
     // still count every row of a filtered query.
     let log = root.join("email_send").join(LOG_DIR);
-    let newest = Table::open(&lake, "email_send")
-        .await
-        .unwrap()
-        .version()
-        .unwrap();
+    let newest = newest_version(&lake, "email_send").await;
     let commit = std::fs::read_to_string(log.join(format!("{newest:020}.json"))).unwrap();
     let add: Value = commit
         .lines()
@@ -295,11 +292,7 @@ async fn a_table_behind_its_manifest_is_reconciled_by_the_next_run() {
     // A crash between the manifest commit and the table's: the table's newest version is
     // gone (as if never written), and an older plain lake has no log at all.
     let log = root.join("email_send").join(LOG_DIR);
-    let newest = Table::open(&lake, "email_send")
-        .await
-        .unwrap()
-        .version()
-        .unwrap();
+    let newest = newest_version(&lake, "email_send").await;
     std::fs::remove_file(log.join(format!("{newest:020}.json"))).unwrap();
     std::fs::remove_dir_all(root.join("users").join(LOG_DIR)).unwrap();
     sync_at(&fake, &lake, t(END), Duration::days(7)).await;
@@ -321,11 +314,7 @@ async fn readers_start_from_the_checkpoint_every_tenth_version_writes() {
             Duration::days(7),
         )
         .await;
-        version = Table::open(&lake, "email_send")
-            .await
-            .unwrap()
-            .version()
-            .unwrap();
+        version = newest_version(&lake, "email_send").await;
     }
     assert!(version > CHECKPOINT_EVERY, "{version} versions");
     let log = root.join("email_send").join(LOG_DIR);
