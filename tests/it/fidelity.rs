@@ -102,11 +102,10 @@ fn duckdb_counts(root: &str, stream: &str, format: TableFormat) -> Option<(i64, 
 /// Two incremental runs whose windows start on different days (the second re-reads from
 /// the day before the first one's cursor) keep each row without a cursor once: the same
 /// rows as one full refresh of the whole range.
-async fn overlapping_runs_keep_cursorless_rows_once(format: TableFormat) {
+/// `root` is a local folder or `s3://bucket/prefix`.
+async fn overlapping_runs_keep_cursorless_rows_once(root: &str, format: TableFormat) {
     let fake = cursorless_fake().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_str().unwrap().to_string();
-    let lake = LakeStore::open(&root).unwrap();
+    let lake = LakeStore::open(root).unwrap();
     let streams = ["email_send", "users"];
     let first = sync_at(&fake, &lake, &streams, "2024-01-03T12:00:00Z", None, format).await;
     let second = sync_at(&fake, &lake, &streams, "2024-01-05T00:00:00Z", None, format).await;
@@ -152,7 +151,7 @@ async fn overlapping_runs_keep_cursorless_rows_once(format: TableFormat) {
         .values()
         .sum();
     assert_eq!(manifest.streams["email_send"].rows(), truth);
-    let summary = state::summarize(&root, &manifest);
+    let summary = state::summarize(root, &manifest);
     let email_send = summary
         .streams
         .iter()
@@ -190,7 +189,7 @@ async fn overlapping_runs_keep_cursorless_rows_once(format: TableFormat) {
         assert_eq!(rows, distinct);
     }
 
-    let Some((rows, distinct, null_date)) = duckdb_counts(&root, "email_send", format) else {
+    let Some((rows, distinct, null_date)) = duckdb_counts(root, "email_send", format) else {
         return;
     };
     assert_eq!(
@@ -201,12 +200,25 @@ async fn overlapping_runs_keep_cursorless_rows_once(format: TableFormat) {
 
 #[tokio::test]
 async fn overlapping_incremental_runs_keep_each_row_without_a_cursor_once() {
-    overlapping_runs_keep_cursorless_rows_once(TableFormat::Parquet).await;
+    let dir = tempfile::tempdir().unwrap();
+    overlapping_runs_keep_cursorless_rows_once(dir.path().to_str().unwrap(), TableFormat::Parquet)
+        .await;
 }
 
 #[tokio::test]
 async fn a_delta_table_keeps_each_row_without_a_cursor_once() {
-    overlapping_runs_keep_cursorless_rows_once(TableFormat::Delta).await;
+    let dir = tempfile::tempdir().unwrap();
+    overlapping_runs_keep_cursorless_rows_once(dir.path().to_str().unwrap(), TableFormat::Delta)
+        .await;
+}
+
+#[tokio::test]
+async fn on_s3_each_row_without_a_cursor_is_kept_once() {
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    overlapping_runs_keep_cursorless_rows_once(&bucket.s3_url("lake"), TableFormat::Delta).await;
 }
 
 /// Full refreshes read every row once and replace the rows without a cursor with the rest:
