@@ -294,12 +294,26 @@ async fn full_refreshes_keep_each_row_without_a_cursor_once() {
 /// two.)
 #[tokio::test]
 async fn deduped_users_keep_each_row_without_a_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    deduped_users_keep_keyless_rows_once(dir.path().to_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn on_s3_deduped_users_keep_each_row_without_a_key_once() {
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    deduped_users_keep_keyless_rows_once(&bucket.s3_url("lake")).await;
+}
+
+/// `root` is a local folder or `s3://bucket/prefix`.
+async fn deduped_users_keep_keyless_rows_once(root: &str) {
     let mut cfg = FakeConfig::small(15);
     cfg.faults.cursorless_every = Some(10);
     cfg.faults.keyless_users = true;
     let fake = FakeIterable::start(cfg).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let lake = LakeStore::open(root).unwrap();
     let keyless_live = |lake: LakeStore| async move {
         let mut rows = 0;
         for (_, batches) in live_batches(&lake, "users").await {
