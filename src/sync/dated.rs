@@ -19,7 +19,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 
 use super::dedupe::{Bucketing, is_bucket_file};
 use super::{
@@ -183,7 +187,7 @@ impl StreamCtx<'_> {
             plan::uses_jobs(o.export_api, backfill, w.end, self.end(), o.lookback_days)
         };
         let at_once = match by_job(&unit) {
-            true => plan::jobs_per_unit(o),
+            true => plan::jobs_per_unit(o, self.run.export_streams_left.load(Ordering::Relaxed)),
             false => 1,
         };
         let mut queue: VecDeque<Pending> = whole_day_pieces(unit, at_once)
@@ -200,94 +204,102 @@ impl StreamCtx<'_> {
             cut: false,
             longest_ok: 0,
         };
-        while !queue.is_empty() {
-            let batch: Vec<Pending> = queue.drain(..at_once.min(queue.len())).collect();
-            let column = self.cursor_column();
-            let fetches = batch.iter().map(|pending| {
-                let w = pending.window;
-                let writer = match bucketing {
-                    Some(b) => self.staging_writer(b),
-                    None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
+        let column = self.cursor_column();
+        let fetch = |pending: Pending| {
+            let w = pending.window;
+            let writer = match bucketing {
+                Some(b) => self.staging_writer(b),
+                None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
+            };
+            async move {
+                let t0 = Instant::now();
+                let fetched = match by_job(&w) {
+                    true => fetcher.fetch_by_job(&self.run.jobs, w, writer).await,
+                    false => fetcher.fetch(w, writer).await,
                 };
-                async move {
-                    let t0 = Instant::now();
-                    let fetched = match by_job(&w) {
-                        true => fetcher.fetch_by_job(&self.run.jobs, w, writer).await,
-                        false => fetcher.fetch(w, writer).await,
-                    };
-                    (fetched, t0.elapsed())
+                (fetched, t0.elapsed(), pending)
+            }
+        };
+        // Up to `at_once` windows in flight, taken in time order: the next one starts as
+        // soon as one is taken, not when the slowest of a batch is done.
+        let mut in_flight = FuturesOrdered::new();
+        loop {
+            while in_flight.len() < at_once {
+                match queue.pop_front() {
+                    Some(pending) => in_flight.push_back(fetch(pending)),
+                    None => break,
                 }
-            });
-            let results = futures::future::join_all(fetches).await;
-            let mut results = results.into_iter().zip(batch);
-            while let Some((
-                (fetched, took),
+            }
+            let Some((
+                fetched,
+                took,
                 Pending {
                     window: w,
                     attempts,
                 },
-            )) = results.next()
-            {
-                p.report.windows += 1;
-                let error = match fetched {
-                    Ok(f) => {
-                        tracing::info!(stream = self.stream.name, window = %w, rows = f.rows, bytes = f.body_bytes, secs = took.as_secs_f64(), "window fetched");
-                        if f.malformed > 0 {
-                            tracing::warn!(stream = self.stream.name, window = %w, lines = f.malformed, "lines that are not JSON objects were kept in _extra._malformed_line");
-                        }
-                        p.report.malformed_lines += f.malformed;
-                        out.files.extend(f.files);
-                        out.done = w.end;
-                        out.longest_ok = out.longest_ok.max(w.end - w.start);
-                        continue;
+            )) = in_flight.next().await
+            else {
+                break;
+            };
+            p.report.windows += 1;
+            let error = match fetched {
+                Ok(f) => {
+                    tracing::info!(stream = self.stream.name, window = %w, rows = f.rows, bytes = f.body_bytes, secs = took.as_secs_f64(), "window fetched");
+                    if f.malformed > 0 {
+                        tracing::warn!(stream = self.stream.name, window = %w, lines = f.malformed, "lines that are not JSON objects were kept in _extra._malformed_line");
                     }
-                    Err(error) => error,
-                };
-                // The windows after this one are fetched again after it, in order.
-                for ((later, _), pending) in results.by_ref().collect::<Vec<_>>().into_iter().rev()
-                {
-                    if let Ok(f) = later {
-                        self.run.delete_files(&f.files).await;
-                    }
-                    queue.push_front(pending);
+                    p.report.malformed_lines += f.malformed;
+                    out.files.extend(f.files);
+                    out.done = w.end;
+                    out.longest_ok = out.longest_ok.max(w.end - w.start);
+                    continue;
                 }
-                if error.is_fatal() {
-                    self.run.delete_files(&out.files).await;
-                    return Err(error);
+                Err(error) => error,
+            };
+            // The windows after this one are fetched again after it, in order.
+            let later: Vec<_> = std::mem::take(&mut in_flight).collect().await;
+            for (later, _, pending) in later.into_iter().rev() {
+                if let Ok(f) = later {
+                    self.run.delete_files(&f.files).await;
                 }
-                let attempts = attempts + 1;
-                let span = w.end - w.start;
-                let split = error.is_splittable() && span > policy.min_window_secs * 1_000_000;
-                if !error.is_splittable() || (!split && attempts >= policy.max_attempts) {
-                    out.failure = Some(UnitFailure { error, attempts });
-                    return Ok(out);
-                }
-                out.cut = true;
-                p.report.window_retries += 1;
-                if split {
-                    let mid = w.start + (span / 2_000_000) * 1_000_000;
-                    tracing::warn!(stream = self.stream.name, window = %w, error = %error, "window failed; splitting it");
-                    queue.push_front(Pending {
-                        window: Window {
-                            start: mid,
-                            end: w.end,
-                        },
-                        attempts: 0,
-                    });
-                    queue.push_front(Pending {
-                        window: Window {
-                            start: w.start,
-                            end: mid,
-                        },
-                        attempts: 0,
-                    });
-                } else {
-                    tracing::warn!(stream = self.stream.name, window = %w, attempts, error = %error, "window failed; retrying it");
-                    queue.push_front(Pending {
-                        window: w,
-                        attempts,
-                    });
-                }
+                queue.push_front(pending);
+            }
+            if error.is_fatal() {
+                self.run.delete_files(&out.files).await;
+                return Err(error);
+            }
+            let attempts = attempts + 1;
+            let span = w.end - w.start;
+            let split = error.is_splittable() && span > policy.min_window_secs * 1_000_000;
+            if !error.is_splittable() || (!split && attempts >= policy.max_attempts) {
+                out.failure = Some(UnitFailure { error, attempts });
+                return Ok(out);
+            }
+            out.cut = true;
+            p.report.window_retries += 1;
+            if split {
+                let mid = w.start + (span / 2_000_000) * 1_000_000;
+                tracing::warn!(stream = self.stream.name, window = %w, error = %error, "window failed; splitting it");
+                queue.push_front(Pending {
+                    window: Window {
+                        start: mid,
+                        end: w.end,
+                    },
+                    attempts: 0,
+                });
+                queue.push_front(Pending {
+                    window: Window {
+                        start: w.start,
+                        end: mid,
+                    },
+                    attempts: 0,
+                });
+            } else {
+                tracing::warn!(stream = self.stream.name, window = %w, attempts, error = %error, "window failed; retrying it");
+                queue.push_front(Pending {
+                    window: w,
+                    attempts,
+                });
             }
         }
         Ok(out)
@@ -343,15 +355,17 @@ impl StreamCtx<'_> {
         for w in &plan.retries {
             tracing::info!(stream = self.stream.name, window = %w, "retrying a quarantined window");
         }
-        let policy = self.opts().window.clone();
-        let mut days_next = policy.initial_days.max(1);
+        let o = self.opts();
+        let jobs_until =
+            plan::jobs_until(o.export_api, cursor.is_none(), self.end(), o.lookback_days);
+        let mut sizer = Sizer::new(&o.window, jobs_until, true);
         let mut next = plan.start;
         let mut queued: VecDeque<(Window, bool)> =
             plan.retries.iter().map(|w| (*w, true)).collect();
         loop {
             let (unit, retry) = match queued.pop_front() {
                 Some(u) => u,
-                None => match plan.unit(next, days_next) {
+                None => match sizer.unit(next, |n, days| plan.unit(n, days)) {
                     Some(w) => (w, false),
                     None => break,
                 },
@@ -504,13 +518,7 @@ impl StreamCtx<'_> {
                 .map_err(|e| e.to_string())?;
             p.report.commits += 1;
             p.report.cursor = cursor;
-            days_next = next_unit_days(
-                &policy,
-                days_next,
-                fetched_rows,
-                done - unit.start,
-                cut.then_some(longest_ok),
-            );
+            sizer.after(fetched_rows, done - unit.start, cut.then_some(longest_ok));
         }
         Ok(())
     }
@@ -521,16 +529,17 @@ impl StreamCtx<'_> {
         p: &mut Progress,
     ) -> Result<(), String> {
         let end = self.end();
-        let units = plan::full_refresh(
-            self.opts().start.map(|s| s.timestamp_micros()),
-            end,
-            self.opts().window.initial_days,
-        )
-        .map_err(|e| e.to_string())?;
+        let o = self.opts();
+        let start = plan::full_refresh_start(o.start.map(|s| s.timestamp_micros()))
+            .map_err(|e| e.to_string())?;
+        let jobs_until = plan::jobs_until(o.export_api, false, end, o.lookback_days);
+        let mut sizer = Sizer::new(&o.window, jobs_until, false);
         let fetcher = self.fetcher()?;
         let dir = self.dir(mode);
         let mut all = Vec::new();
-        for unit in units {
+        let mut next = start;
+        while let Some(unit) = sizer.unit(next, |n, days| plan::full_refresh_unit(n, days, end)) {
+            next = unit.end;
             if self.stopping(p) {
                 self.run.delete_files(&all).await;
                 return Ok(());
@@ -539,8 +548,12 @@ impl StreamCtx<'_> {
                 Ok(UnitFetch {
                     files,
                     failure: None,
+                    cut,
+                    longest_ok,
                     ..
                 }) => {
+                    let rows = files.iter().map(|f| f.rows).sum();
+                    sizer.after(rows, unit.end - unit.start, cut.then_some(longest_ok));
                     all.extend(files);
                     continue;
                 }
@@ -565,6 +578,59 @@ impl StreamCtx<'_> {
         p.report.rows_without_cursor += cursorless;
         p.report.new_rows_without_cursor += cursorless;
         self.commit_refresh(mode, all, to_time(end), p).await
+    }
+}
+
+/// The size of a sweep's next unit: from [`WindowPolicy::max_days`] and
+/// [`WindowPolicy::target_rows`] while its units are read through `data.json`, from
+/// [`WindowPolicy::job_max_days`] and [`WindowPolicy::job_target_rows`] while through export
+/// jobs (units that end by `jobs_until`, [`plan::jobs_until`]), each sized from the rows a
+/// day of the units before ([`next_unit_days`]).
+struct Sizer {
+    policy: WindowPolicy,
+    days: i64,
+    job_days: i64,
+    jobs_until: Option<i64>,
+    /// Whether `data.json` units adapt (a full refresh keeps them at the first size).
+    adapt: bool,
+}
+
+impl Sizer {
+    fn new(policy: &WindowPolicy, jobs_until: Option<i64>, adapt: bool) -> Self {
+        Sizer {
+            policy: policy.clone(),
+            days: policy.initial_days.max(1),
+            job_days: policy.initial_days.max(1),
+            jobs_until,
+            adapt,
+        }
+    }
+
+    /// The unit starting at `next`, from `unit(next, days)` (which caps it at the sweep's
+    /// end, or says there is none): one read through export jobs when a unit sized for
+    /// `data.json` would be, then sized for jobs and ending by `jobs_until`.
+    fn unit(&self, next: i64, unit: impl Fn(i64, i64) -> Option<Window>) -> Option<Window> {
+        let sized = unit(next, self.days)?;
+        match self.jobs_until {
+            Some(until) if sized.end <= until => unit(next, self.job_days).map(|w| Window {
+                start: w.start,
+                end: w.end.min(until),
+            }),
+            _ => Some(sized),
+        }
+    }
+
+    /// After a unit that read `rows` rows over `span` µs (see [`next_unit_days`]).
+    fn after(&mut self, rows: u64, span: i64, cut: Option<i64>) {
+        let jobs = WindowPolicy {
+            max_days: self.policy.job_max_days,
+            target_rows: self.policy.job_target_rows,
+            ..self.policy.clone()
+        };
+        self.job_days = next_unit_days(&jobs, self.job_days, rows, span, cut);
+        if self.adapt {
+            self.days = next_unit_days(&self.policy, self.days, rows, span, cut);
+        }
     }
 }
 
@@ -741,6 +807,36 @@ mod tests {
         assert_eq!(next_unit_days(&policy, 7, 0, 0, Some(0)), 1);
         assert_eq!(next_unit_days(&policy, 7, 0, 0, None), 7);
         assert_eq!(next_unit_days(&policy, 7, 0, 7 * DAY, None), 28);
+    }
+
+    #[test]
+    fn units_read_by_jobs_are_longer_and_end_where_jobs_end() {
+        let policy = WindowPolicy::default();
+        let sweep = |n: i64, days: i64| plan::full_refresh_unit(n, days, 1_000 * DAY);
+        let mut sizer = Sizer::new(&policy, Some(400 * DAY), true);
+        assert_eq!(sizer.unit(0, sweep).unwrap().end, 7 * DAY, "the first unit");
+        // 10,000 rows a day: data.json units of 90 days (capped), job units of 366.
+        sizer.after(70_000, 7 * DAY, None);
+        assert_eq!(sizer.unit(7 * DAY, sweep).unwrap().end, 373 * DAY);
+        assert_eq!(
+            sizer.unit(300 * DAY, sweep).unwrap().end,
+            400 * DAY,
+            "the last unit read by jobs ends where they end"
+        );
+        assert_eq!(
+            sizer.unit(373 * DAY, sweep).unwrap().end,
+            463 * DAY,
+            "a unit that would not end by then is read through data.json whole"
+        );
+        assert_eq!(sizer.unit(400 * DAY, sweep).unwrap().end, 490 * DAY);
+        // 1,000,000 rows a day: 30 days of jobs, 2 of data.json.
+        sizer.after(7_000_000, 7 * DAY, None);
+        assert_eq!(sizer.unit(0, sweep).unwrap().end, 30 * DAY);
+        assert_eq!(sizer.unit(400 * DAY, sweep).unwrap().end, 402 * DAY);
+        // A full refresh keeps its data.json units at the first size.
+        let mut sizer = Sizer::new(&policy, None, false);
+        sizer.after(70_000, 7 * DAY, None);
+        assert_eq!(sizer.unit(0, sweep).unwrap().end, 7 * DAY);
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -98,6 +98,13 @@ pub struct WindowPolicy {
     pub max_days: i64,
     /// Units are sized to hold about this many records.
     pub target_rows: u64,
+    /// [`max_days`](Self::max_days) and [`target_rows`](Self::target_rows) of units read
+    /// through export jobs: a job is one file listing however long, each job pays its own
+    /// queue at Iterable, and a window too large for one job (`exportTruncated`, at 100 GB)
+    /// is split, so these units are longer (after the same first unit of
+    /// [`initial_days`](Self::initial_days), which tells the rows a day).
+    pub job_max_days: i64,
+    pub job_target_rows: u64,
     /// Fetch attempts per window (a split window's halves count their own) before the
     /// rest of its unit is quarantined.
     pub max_attempts: u32,
@@ -111,6 +118,8 @@ impl Default for WindowPolicy {
             initial_days: 7,
             max_days: 90,
             target_rows: 2_000_000,
+            job_max_days: 366,
+            job_target_rows: 30_000_000,
             max_attempts: 6,
             min_window_secs: 60,
         }
@@ -302,6 +311,9 @@ struct Run {
     tables: Mutex<BTreeMap<&'static str, Table>>,
     /// The run's export jobs, recorded in the lake.
     jobs: Arc<Jobs>,
+    /// The selected streams read from export endpoints that have not finished yet: the
+    /// streams the job slots are shared by ([`plan::jobs_per_unit`]).
+    export_streams_left: AtomicUsize,
 }
 
 impl Run {
@@ -575,6 +587,9 @@ async fn run_locked(
     let jobs = Arc::new(Jobs::new(opts.jobs.clone(), book));
     let run = Arc::new(Run {
         jobs,
+        export_streams_left: AtomicUsize::new(
+            schemas.iter().filter(|(s, _)| reads_exports(s)).count(),
+        ),
         extracted_at: started_at.timestamp_micros(),
         lake,
         client,
@@ -861,6 +876,11 @@ struct Progress {
     interrupted: bool,
 }
 
+/// Whether `stream` is read from an export endpoint (`data.json` or export jobs).
+fn reads_exports(stream: &StreamDef) -> bool {
+    stream.layout == Layout::Dated && stream.source != Source::UserEvents
+}
+
 async fn run_stream(
     run: &Run,
     stream: &'static StreamDef,
@@ -934,6 +954,9 @@ async fn run_stream(
         }
         (_, mode) => ctx.snapshot(mode, &mut p).await,
     };
+    if reads_exports(stream) {
+        run.export_streams_left.fetch_sub(1, Ordering::Relaxed);
+    }
     if p.report.rows_without_cursor > 0 {
         tracing::warn!(
             stream = stream.name,

@@ -51,21 +51,28 @@ pub fn uses_jobs(
     end: i64,
     lookback_days: i64,
 ) -> bool {
+    jobs_until(api, backfill, end, lookback_days).is_some_and(|until| window_end <= until)
+}
+
+/// The instant up to which windows are read through export jobs ([`uses_jobs`]): a window
+/// that ends by it is; `None` when none is.
+pub fn jobs_until(api: ExportApi, backfill: bool, end: i64, lookback_days: i64) -> Option<i64> {
     match api {
-        ExportApi::Stream => false,
-        ExportApi::Jobs => true,
-        ExportApi::Auto => {
-            backfill || window_end <= floor_day(end) - lookback_days.max(0) * MICROS_PER_DAY
-        }
+        ExportApi::Stream => None,
+        ExportApi::Jobs => Some(i64::MAX),
+        ExportApi::Auto if backfill => Some(i64::MAX),
+        ExportApi::Auto => Some(floor_day(end) - lookback_days.max(0) * MICROS_PER_DAY),
     }
 }
 
 /// How many jobs one unit read through export jobs is cut into: the run's job slots shared
-/// by the streams synced at once (`--concurrency`, or fewer streams), at least one. More,
-/// smaller jobs only pay off when slots would stay idle: each job has its own queue and
-/// start-up time.
-pub fn jobs_per_unit(opts: &SyncOptions) -> usize {
-    (opts.jobs.max_jobs / opts.concurrency.min(opts.streams.len()).max(1)).max(1)
+/// by the export streams that may be syncing at once (`--concurrency`, or fewer when fewer
+/// are left: `export_streams_left`, the selected export streams not finished yet), at
+/// least one. More, smaller jobs only pay off when slots would stay idle: each job has its
+/// own queue and start-up time. Counted again for each unit, so that the streams still
+/// syncing at the end of a run take over the slots of those that finished.
+pub fn jobs_per_unit(opts: &SyncOptions, export_streams_left: usize) -> usize {
+    (opts.jobs.max_jobs / opts.concurrency.min(export_streams_left).max(1)).max(1)
 }
 
 /// How a window is read, for the dry run.
@@ -144,26 +151,19 @@ pub fn incremental(
     })
 }
 
-/// The windows of a full refresh: `days`-long units from the start of `--start-date`'s day
-/// to `end` (full refreshes do not adapt their unit size).
-pub fn full_refresh(
-    start_date: Option<i64>,
-    end: i64,
-    days: i64,
-) -> Result<Vec<Window>, PlanError> {
-    let start = floor_day(start_date.ok_or(PlanError::FullRefreshNoStart)?);
-    let step = days.max(1) * MICROS_PER_DAY;
-    let mut units = Vec::new();
-    let mut next = start;
-    while next < end {
-        let unit = Window {
-            start: next,
-            end: (next + step).min(end),
-        };
-        next = unit.end;
-        units.push(unit);
-    }
-    Ok(units)
+/// Where a full refresh starts: the start of `--start-date`'s day.
+pub fn full_refresh_start(start_date: Option<i64>) -> Result<i64, PlanError> {
+    Ok(floor_day(start_date.ok_or(PlanError::FullRefreshNoStart)?))
+}
+
+/// A full refresh's unit of `days` from `next`, capped at `end`; `None` at `end`. Units read
+/// through `data.json` keep the first size; those read through export jobs are sized like
+/// an incremental sweep's.
+pub fn full_refresh_unit(next: i64, days: i64, end: i64) -> Option<Window> {
+    (next < end).then(|| Window {
+        start: next,
+        end: (next + days.max(1) * MICROS_PER_DAY).min(end),
+    })
 }
 
 fn time(micros: i64) -> String {
@@ -172,6 +172,36 @@ fn time(micros: i64) -> String {
 
 fn days(w: &Window) -> f64 {
     (w.end - w.start) as f64 / MICROS_PER_DAY as f64
+}
+
+/// The dry run of a full refresh from `start`: units read through export jobs are sized at
+/// run time, those read through `data.json` are fixed.
+fn describe_full_refresh(
+    opts: &SyncOptions,
+    s: &StreamDef,
+    mode: SyncMode,
+    start: i64,
+    end: i64,
+) -> String {
+    let days = opts.window.initial_days.max(1);
+    let by_jobs_until = jobs_until(opts.export_api, false, end, opts.lookback_days)
+        .map(|until| until.min(end))
+        .filter(|until| *until > start);
+    let mut text = format!("{}: {mode}, replacing the stream at the end\n", s.name);
+    let mut next = start;
+    if let Some(until) = by_jobs_until {
+        text += &format!(
+            "  {} via export jobs: a first unit of {days} day(s), later units sized at run time from the rows per day seen (up to {} days)\n",
+            Window { start, end: until },
+            opts.window.job_max_days
+        );
+        next = until;
+    }
+    while let Some(w) = full_refresh_unit(next, days, end) {
+        text += &format!("  window {w} via data.json\n");
+        next = w.end;
+    }
+    text
 }
 
 /// The dry run: per stream, what a sync with `opts` would read from a lake in `manifest`'s
@@ -189,23 +219,10 @@ pub fn describe(opts: &SyncOptions, manifest: &Manifest) -> String {
             (Layout::Dated, SyncMode::Incremental) => {
                 describe_incremental(opts, s, manifest, start_date, end)
             }
-            (Layout::Dated, mode) => {
-                match full_refresh(start_date, end, opts.window.initial_days) {
-                    Ok(units) => {
-                        let mut text = format!(
-                            "{}: {mode}, {} window(s) of {} day(s), replacing the stream at the end\n",
-                            s.name,
-                            units.len(),
-                            opts.window.initial_days.max(1)
-                        );
-                        for w in &units {
-                            text += &format!("  window {w} via {}\n", via(opts, false, w, end));
-                        }
-                        text
-                    }
-                    Err(e) => format!("{}: {mode}: would fail: {e}\n", s.name),
-                }
-            }
+            (Layout::Dated, mode) => match full_refresh_start(start_date) {
+                Ok(start) => describe_full_refresh(opts, s, mode, start, end),
+                Err(e) => format!("{}: {mode}: would fail: {e}\n", s.name),
+            },
             (_, mode) => {
                 let mode = if mode == SyncMode::Incremental {
                     s.default_mode
@@ -289,17 +306,18 @@ fn describe_incremental(
             end,
             opts.lookback_days,
         ) {
-            true => match jobs_per_unit(opts) {
+            true => match jobs_per_unit(opts, opts.streams.len()) {
                 1 => "one export job per unit".to_string(),
                 n => format!("up to {n} export jobs per unit at once, one per whole-day window"),
             },
             false => "one export request per unit".to_string(),
         };
         text += &format!(
-            "  first unit {first} ({:.2} day(s)) via {}, {requests}{later}; later units are sized at run time from the rows per day seen (up to {} days){}\n",
+            "  first unit {first} ({:.2} day(s)) via {}, {requests}{later}; later units are sized at run time from the rows per day seen (up to {} days, {} through export jobs){}\n",
             days(&first),
             via(opts, backfill, &first, end),
             opts.window.max_days,
+            opts.window.job_max_days,
             if remaining > 0 {
                 format!(
                     ", {:.2} day(s) after it",
@@ -325,15 +343,18 @@ mod tests {
     #[test]
     fn idle_job_slots_go_to_each_unit() {
         let per_unit = |max_jobs, concurrency, streams: usize| {
-            let mut o = SyncOptions::new(crate::catalog::export_streams().take(streams).collect());
+            let mut o = SyncOptions::new(crate::catalog::export_streams().take(6).collect());
             o.jobs.max_jobs = max_jobs;
             o.concurrency = concurrency;
-            jobs_per_unit(&o)
+            jobs_per_unit(&o, streams)
         };
         assert_eq!(per_unit(4, 4, 6), 1);
+        assert_eq!(per_unit(4, 4, 3), 1);
+        assert_eq!(per_unit(4, 4, 2), 2, "the last two streams share the slots");
         assert_eq!(per_unit(4, 4, 1), 4);
         assert_eq!(per_unit(4, 2, 51), 2);
         assert_eq!(per_unit(1, 4, 3), 1);
+        assert_eq!(per_unit(4, 4, 0), 4);
     }
 
     #[test]
@@ -430,13 +451,13 @@ mod tests {
 
     #[test]
     fn full_refreshes_cut_fixed_windows() {
-        let w = full_refresh(
-            Some(t("2024-01-01T10:00:00Z")),
-            t("2024-01-03T12:00:00Z"),
-            1,
-        )
-        .unwrap();
-        let ends: Vec<i64> = w.iter().map(|w| w.end).collect();
+        let end = t("2024-01-03T12:00:00Z");
+        let mut next = full_refresh_start(Some(t("2024-01-01T10:00:00Z"))).unwrap();
+        let mut ends = Vec::new();
+        while let Some(w) = full_refresh_unit(next, 1, end) {
+            next = w.end;
+            ends.push(w.end);
+        }
         assert_eq!(
             ends,
             [
@@ -445,6 +466,6 @@ mod tests {
                 t("2024-01-03T12:00:00Z")
             ]
         );
-        assert_eq!(full_refresh(None, 0, 1), Err(PlanError::FullRefreshNoStart));
+        assert_eq!(full_refresh_start(None), Err(PlanError::FullRefreshNoStart));
     }
 }
