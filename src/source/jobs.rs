@@ -3,8 +3,9 @@
 //! body into the same [pipeline](super::pipeline) as a `data.json` response.
 //!
 //! - A job is started for the whole window; its files, in the order listed (names increase,
-//!   paged with `startAfter`), are downloaded while it runs, one after the other, each
-//!   streamed straight into the pipeline: memory stays flat whatever the window's size.
+//!   paged with `startAfter`), are downloaded while it runs, [`JobSettings::downloads`] at
+//!   once, each streamed through a buffer of a few pieces and fed whole into the pipeline in
+//!   the order listed: memory stays flat whatever the window's size.
 //! - The window's body ends cleanly only when the job said `Completed`, not
 //!   `exportTruncated`, a listing after that found no further file, and every file listed was
 //!   read whole. Anything else ends it with an error, so the pipeline deletes what it wrote
@@ -14,7 +15,8 @@
 //!   times); after that, or once bytes were fed, the window fails ([`JobError::Failed`],
 //!   splittable); so does a file answering 404 because its job failed meanwhile.
 //!   `exportTruncated` fails the window so that it is split. A file URL answering
-//!   403 (expired) is listed again for a fresh one. A download cut off (connection reset, a
+//!   403 (expired) is listed again for a fresh one; a file whose fresh URLs keep expiring
+//!   fails the window so that it is split (its halves get jobs and URLs of their own). A download cut off (connection reset, a
 //!   body shorter than its `Content-Length`, a body ending inside a record) is requested again
 //!   from the file's start, and the bytes already fed are skipped: a job's files do not
 //!   change once listed, so no line is fed twice.
@@ -67,6 +69,10 @@ pub struct JobSettings {
     /// Polls of a job given up by the client (429s, 5xx, connections) before the window
     /// fails.
     pub poll_failures: u32,
+    /// Files of one job downloading at once, each streamed through a buffer of a few
+    /// pieces while the pipeline reads the one before it: memory stays bounded, and the
+    /// pipeline does not wait for each file's first bytes.
+    pub downloads: usize,
     /// Attempts at one file (cut-off downloads, connection errors) before the window fails.
     pub download_attempts: u32,
     /// Fresh URLs asked for one file after 403s before the window fails.
@@ -83,6 +89,7 @@ impl Default for JobSettings {
             poll_min: Duration::from_millis(250),
             poll_max: Duration::from_secs(5),
             poll_failures: 10,
+            downloads: 3,
             download_attempts: 5,
             url_refreshes: 5,
             resume_within: chrono::Duration::hours(6),
@@ -121,11 +128,15 @@ pub enum JobError {
 }
 
 impl JobError {
-    /// Whether a smaller window may succeed where this one failed.
+    /// Whether a smaller window may succeed where this one failed: its own job, with its
+    /// own files and URLs.
     pub fn is_splittable(&self) -> bool {
         matches!(
             self,
-            JobError::Failed { .. } | JobError::Truncated { .. } | JobError::DownloadFailed { .. }
+            JobError::Failed { .. }
+                | JobError::Truncated { .. }
+                | JobError::DownloadFailed { .. }
+                | JobError::Expired { .. }
         )
     }
 }
@@ -460,11 +471,142 @@ impl Run {
         }
     }
 
+    fn lister(&self, job: i64) -> Lister {
+        Lister {
+            client: self.client.clone(),
+            jobs: self.jobs.clone(),
+            stream: self.stream,
+            job,
+        }
+    }
+
+    /// Poll `job` until it completes, downloading each file as it is listed. `slot` is
+    /// given back once Iterable no longer processes the job.
+    async fn follow(
+        &mut self,
+        job: i64,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), JobEnd> {
+        let mut slot = Some(slot);
+        let jobs = self.jobs.clone();
+        let mut gauge = Gauge::new(&jobs.stats, JobState::Enqueued);
+        let mut files: Vec<Listed> = Vec::new();
+        let mut next: usize = 0;
+        let mut delay = self.jobs.settings.poll_min;
+        let lister = self.lister(job);
+        loop {
+            let page = lister.list(files.last().map(|f| f.file.as_str())).await?;
+            gauge.set(page.job_state);
+            if page.export_truncated {
+                return Err(JobError::Truncated { job }.into());
+            }
+            let found = page.files.len();
+            files.extend(page.files);
+            match page.job_state {
+                JobState::Failed => return Err(JobEnd::Failed),
+                JobState::Completed => drop(slot.take()),
+                JobState::Enqueued | JobState::Running => {}
+            }
+            let before = next.checked_sub(1).map(|p| &files[p]);
+            self.download(job, &files[next..], before).await?;
+            next = files.len();
+            if page.job_state == JobState::Completed {
+                if found == 0 {
+                    self.jobs.stats.add(|s| &s.completed, 1);
+                    self.progress(job, "export job read");
+                    return Ok(());
+                }
+                continue;
+            }
+            if found > 0 {
+                delay = self.jobs.settings.poll_min;
+                continue;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.jobs.settings.poll_max);
+        }
+    }
+
+    /// Download `files` (listed after `before`) whole into the body, in order, up to
+    /// [`JobSettings::downloads`] at once ([`Lister::download`]).
+    async fn download(
+        &mut self,
+        job: i64,
+        files: &[Listed],
+        before: Option<&Listed>,
+    ) -> Result<(), JobEnd> {
+        let lister = self.lister(job);
+        let mut after = before.map(|f| f.file.clone());
+        let mut pending = std::collections::VecDeque::new();
+        let mut queued = files.iter();
+        loop {
+            while pending.len() < self.jobs.settings.downloads.max(1) {
+                let Some(file) = queued.next() else { break };
+                let (tx, rx) = mpsc::channel(DOWNLOAD_PIECES);
+                let task = lister.clone().download(file.clone(), after.clone(), tx);
+                pending.push_back((rx, AbortOnDropHandle::new(tokio::spawn(task))));
+                after = Some(file.file.clone());
+            }
+            let Some((mut rx, task)) = pending.pop_front() else {
+                return Ok(());
+            };
+            while let Some(piece) = rx.recv().await {
+                self.feed(piece).await?;
+            }
+            match task.await {
+                Ok(Ok(())) => self.jobs.stats.add(|s| &s.files, 1),
+                Ok(Err(end)) => return Err(end),
+                Err(_) => return Err(FetchError::Task("export job download".into()).into()),
+            }
+        }
+    }
+
+    /// An event of the progress bars' (and the log's), with the run's job counters.
+    fn progress(&self, job: i64, what: &'static str) {
+        let s = &self.jobs.stats;
+        tracing::info!(
+            target: ENGINE_TARGET,
+            stream = self.stream,
+            window = %self.window,
+            job,
+            jobs_queued = s.get(|s| &s.waiting) + s.get(|s| &s.enqueued),
+            jobs_running = s.get(|s| &s.running),
+            jobs_done = s.get(|s| &s.completed),
+            job_files = s.get(|s| &s.files),
+            job_bytes = s.get(|s| &s.bytes),
+            "{what}"
+        );
+    }
+
+    async fn feed(&mut self, piece: Bytes) -> Result<(), FetchError> {
+        self.jobs.stats.add(|s| &s.bytes, piece.len() as u64);
+        self.fed = true;
+        self.body
+            .send(piece)
+            .await
+            .map_err(|_| FetchError::Task("pipeline".into()))
+    }
+}
+
+/// Pieces of a file buffered ahead of the pipeline while it reads an earlier file.
+const DOWNLOAD_PIECES: usize = 16;
+
+/// What a job's polls and downloads need, apart from the window's body.
+#[derive(Clone)]
+struct Lister {
+    client: ApiClient,
+    jobs: Arc<Jobs>,
+    stream: &'static str,
+    job: i64,
+}
+
+impl Lister {
     /// One `files` call: the job's state and the files after `after`. The job goes on at
     /// Iterable whatever happens to a poll, so a poll the client gave up on for 429s (the
     /// organization's budget is shared), 5xx or a lost connection is tried again after
     /// [`JobSettings::poll_max`], up to [`JobSettings::poll_failures`] times.
-    async fn list(&self, job: i64, after: Option<&str>) -> Result<StatusAndFiles, FetchError> {
+    async fn list(&self, after: Option<&str>) -> Result<StatusAndFiles, FetchError> {
+        let job = self.job;
         let query: Vec<(&str, String)> = after
             .map(|a| ("startAfter", a.to_string()))
             .into_iter()
@@ -493,63 +635,25 @@ impl Run {
         }
     }
 
-    /// Poll `job` until it completes, downloading each file as it is listed. `slot` is
-    /// given back once Iterable no longer processes the job.
-    async fn follow(
-        &mut self,
-        job: i64,
-        slot: tokio::sync::OwnedSemaphorePermit,
+    /// Download `file` (listed after `after`) whole into `out`, ending it with a newline,
+    /// listing the job again for a fresh URL when it expired, and requesting it again when
+    /// cut off (skipping what was sent). Ends when the reader of `out` is gone.
+    async fn download(
+        self,
+        mut file: Listed,
+        after: Option<String>,
+        out: mpsc::Sender<Bytes>,
     ) -> Result<(), JobEnd> {
-        let mut slot = Some(slot);
-        let jobs = self.jobs.clone();
-        let mut gauge = Gauge::new(&jobs.stats, JobState::Enqueued);
-        let mut files: Vec<Listed> = Vec::new();
-        let mut next = 0;
-        let mut delay = self.jobs.settings.poll_min;
-        loop {
-            let page = self
-                .list(job, files.last().map(|f| f.file.as_str()))
-                .await?;
-            gauge.set(page.job_state);
-            if page.export_truncated {
-                return Err(JobError::Truncated { job }.into());
-            }
-            let found = page.files.len();
-            files.extend(page.files);
-            match page.job_state {
-                JobState::Failed => return Err(JobEnd::Failed),
-                JobState::Completed => drop(slot.take()),
-                JobState::Enqueued | JobState::Running => {}
-            }
-            while next < files.len() {
-                self.download(job, &mut files, next).await?;
-                next += 1;
-            }
-            if page.job_state == JobState::Completed {
-                if found == 0 {
-                    self.jobs.stats.add(|s| &s.completed, 1);
-                    self.progress(job, "export job read");
-                    return Ok(());
-                }
-                continue;
-            }
-            if found > 0 {
-                delay = self.jobs.settings.poll_min;
-                continue;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.jobs.settings.poll_max);
-        }
-    }
-
-    /// Download file `k` of `files` whole into the body, listing the job again for a fresh
-    /// URL when it expired, and requesting it again when cut off (skipping what was fed).
-    async fn download(&mut self, job: i64, files: &mut [Listed], k: usize) -> Result<(), JobEnd> {
-        let name = files[k].file.clone();
-        let (mut fed, mut attempts, mut refreshes) = (0u64, 0u32, 0u32);
+        let (job, name) = (self.job, file.file.clone());
+        let (mut sent, mut attempts, mut refreshes) = (0u64, 0u32, 0u32);
         let mut last_byte = b'\n';
+        let send = |piece: Bytes| async {
+            out.send(piece)
+                .await
+                .map_err(|_| JobEnd::from(FetchError::Task("pipeline".into())))
+        };
         loop {
-            let url = Url::parse(&files[k].url).map_err(|e| JobError::Shape {
+            let url = Url::parse(&file.url).map_err(|e| JobError::Shape {
                 job,
                 problem: format!("the URL of file {name} does not parse: {e}"),
             })?;
@@ -568,15 +672,15 @@ impl Run {
                         };
                         let start = seen;
                         seen += piece.len() as u64;
-                        if seen <= fed {
+                        if seen <= sent {
                             continue;
                         }
-                        if start < fed {
-                            piece = piece.slice((fed - start) as usize..);
+                        if start < sent {
+                            piece = piece.slice((sent - start) as usize..);
                         }
-                        fed = seen;
+                        sent = seen;
                         last_byte = *piece.last().expect("not empty");
-                        self.feed(piece).await?;
+                        send(piece).await?;
                     }
                     match cut {
                         None => break,
@@ -594,13 +698,15 @@ impl Run {
                         .into());
                     }
                     tracing::info!(stream = self.stream, job, file = %name, "file URL refused (expired); listing the job again");
-                    self.refresh(job, files, k).await?;
+                    let page = self.list(after.as_deref()).await?;
+                    if let Some(fresh) = page.files.into_iter().find(|f| f.file == name) {
+                        file = fresh;
+                    }
                     continue;
                 }
                 Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
                     // A job that failed takes its files with it.
-                    let after = k.checked_sub(1).map(|p| files[p].file.clone());
-                    if self.list(job, after.as_deref()).await?.job_state == JobState::Failed {
+                    if self.list(after.as_deref()).await?.job_state == JobState::Failed {
                         return Err(JobEnd::Failed);
                     }
                     return Err(JobError::Download {
@@ -630,52 +736,13 @@ impl Run {
                 }
                 .into());
             }
-            tracing::warn!(stream = self.stream, job, file = %name, fed, error = %failure, "download cut off; requesting the file again");
+            tracing::warn!(stream = self.stream, job, file = %name, sent, error = %failure, "download cut off; requesting the file again");
             tokio::time::sleep(self.jobs.settings.poll_min).await;
         }
         if last_byte != b'\n' {
-            self.feed(Bytes::from_static(b"\n")).await?;
-        }
-        self.jobs.stats.add(|s| &s.files, 1);
-        Ok(())
-    }
-
-    /// Fresh URLs for `files[k..]`: list the job again from the file before `k`.
-    async fn refresh(&self, job: i64, files: &mut [Listed], k: usize) -> Result<(), JobEnd> {
-        let after = k.checked_sub(1).map(|p| files[p].file.clone());
-        let page = self.list(job, after.as_deref()).await?;
-        for fresh in page.files {
-            if let Some(f) = files[k..].iter_mut().find(|f| f.file == fresh.file) {
-                f.url = fresh.url;
-            }
+            send(Bytes::from_static(b"\n")).await?;
         }
         Ok(())
-    }
-
-    /// An event of the progress bars' (and the log's), with the run's job counters.
-    fn progress(&self, job: i64, what: &'static str) {
-        let s = &self.jobs.stats;
-        tracing::info!(
-            target: ENGINE_TARGET,
-            stream = self.stream,
-            window = %self.window,
-            job,
-            jobs_queued = s.get(|s| &s.waiting) + s.get(|s| &s.enqueued),
-            jobs_running = s.get(|s| &s.running),
-            jobs_done = s.get(|s| &s.completed),
-            job_files = s.get(|s| &s.files),
-            job_bytes = s.get(|s| &s.bytes),
-            "{what}"
-        );
-    }
-
-    async fn feed(&mut self, piece: Bytes) -> Result<(), FetchError> {
-        self.jobs.stats.add(|s| &s.bytes, piece.len() as u64);
-        self.fed = true;
-        self.body
-            .send(piece)
-            .await
-            .map_err(|_| FetchError::Task("pipeline".into()))
     }
 }
 
@@ -770,9 +837,13 @@ mod tests {
         polls: BTreeMap<i64, usize>,
         /// Files whose first URL answers 403 (expired), and those cut short once.
         expired: Vec<String>,
+        /// Files whose every URL answers 403.
+        always_expired: Vec<String>,
         cut: Vec<String>,
         /// Download requests: (file, carried the Api-Key header).
         downloads: Vec<(String, bool)>,
+        /// The first file answers only once the second was requested.
+        gated: bool,
         cancelled: Vec<i64>,
     }
 
@@ -821,7 +892,8 @@ mod tests {
             .filter(|f| *f > after)
             .take(2)
             .map(|f| {
-                let sig = if s.expired.contains(&f) { "old" } else { "ok" };
+                let expired = s.expired.contains(&f) || s.always_expired.contains(&f);
+                let sig = if expired { "old" } else { "ok" };
                 json!({ "file": f, "url": format!("http://{host}/dl/{f}?signature={sig}") })
             })
             .collect();
@@ -835,9 +907,30 @@ mod tests {
         Query(q): Query<BTreeMap<String, String>>,
         headers: HeaderMap,
     ) -> Response {
+        let gated = {
+            let mut s = s.lock().unwrap();
+            s.downloads
+                .push((file.clone(), headers.get("Api-Key").is_some()));
+            s.gated && file == file_name(0)
+        };
+        // The first file answers once the second (listed on the same page) was asked for.
+        if gated {
+            let mut waited = 0;
+            while !s
+                .lock()
+                .unwrap()
+                .downloads
+                .iter()
+                .any(|(f, _)| *f == file_name(1))
+            {
+                if waited == 200 {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                waited += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let mut s = s.lock().unwrap();
-        s.downloads
-            .push((file.clone(), headers.get("Api-Key").is_some()));
         if q.get("signature").map(String::as_str) != Some("ok") {
             s.expired.retain(|e| *e != file);
             return (StatusCode::FORBIDDEN, "AccessDenied: Request has expired").into_response();
@@ -940,6 +1033,25 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_s_files_download_at_once_each_fed_whole() {
+        let script = Script {
+            jobs: vec![vec![Step("Completed", false, FILES)]],
+            gated: true,
+            cut: vec![file_name(2)],
+            ..Script::default()
+        };
+        let (got, shared, jobs) = fetch(script).await;
+        let fetched = got.expect("the first file waits for the second to be asked for");
+        assert_eq!(fetched.rows, (FILES * LINES) as u64);
+        assert_eq!(
+            fetched.malformed, 0,
+            "no file's piece inside another's line"
+        );
+        assert_eq!(shared.lock().unwrap().downloads.len(), FILES + 1);
+        assert_eq!(jobs.stats.report().files, FILES as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_job_is_started_again_then_fails_the_window_splittably() {
         let failed = vec![Step("Enqueued", false, 0), Step("Failed", false, 0)];
         let done = vec![Step("Running", false, 1), Step("Completed", false, FILES)];
@@ -985,6 +1097,30 @@ mod tests {
         );
         assert!(err.to_string().contains("exportTruncated"), "{err}");
         assert!(shared.lock().unwrap().cancelled.len() <= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_url_that_keeps_expiring_fails_the_window_so_that_it_is_split() {
+        let script = Script {
+            jobs: vec![vec![Step("Completed", false, FILES)]],
+            always_expired: vec![file_name(1)],
+            ..Script::default()
+        };
+        let (got, shared, jobs) = fetch(script).await;
+        let err = got.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Job(JobError::Expired { refreshes: 6, .. }))
+                && err.is_splittable(),
+            "{err:?}"
+        );
+        let tries = shared
+            .lock()
+            .unwrap()
+            .downloads
+            .iter()
+            .filter(|(f, _)| *f == file_name(1))
+            .count();
+        assert_eq!(tries as u32, jobs.settings.url_refreshes + 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
