@@ -51,7 +51,7 @@ use crate::convert::timestamp::format_for_query;
 use crate::progress::ENGINE_TARGET;
 use crate::sink::PartitionedWriter;
 
-pub use book::{BookError, JOBS_DIR, JobBook, JobRecord};
+pub use book::{BookError, JOBS_DIR, JobBook, JobRecord, is_record_name};
 
 mod book;
 

@@ -36,8 +36,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 
-use super::StreamCtx;
 use super::cursorless::{identities, not_held};
+use super::{StreamCtx, own_file_name};
 use crate::manifest::LiveFile;
 use crate::sink::bucket::{bucket_of, bucket_partition, replaced_keys, row_keys};
 use crate::sink::merge::KeyedMerge;
@@ -275,8 +275,9 @@ impl StreamCtx<'_> {
             .collect()
     }
 
-    /// Delete the staging folders other runs left (crashed ones: the run holds the lake's
-    /// lease, so no other run is in progress).
+    /// Delete the staging files other runs left (crashed ones: the run holds the lake's
+    /// lease, so no other run is in progress): only files of the tool's name pattern; any
+    /// other object under `_staging/` is left alone.
     pub(super) async fn remove_stale_staging(&self) {
         let lake = &self.run.lake;
         let own = format!("{STAGING_DIR}/{}/", self.run.run_id);
@@ -288,10 +289,10 @@ impl StreamCtx<'_> {
         else {
             return;
         };
-        for o in objects
-            .into_iter()
-            .filter(|o| !lake.relative(&o.location).starts_with(&own))
-        {
+        for o in objects.into_iter().filter(|o| {
+            !lake.relative(&o.location).starts_with(&own)
+                && o.location.filename().is_some_and(own_file_name)
+        }) {
             let _ = lake.store.delete(&o.location).await;
         }
     }

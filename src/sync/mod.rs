@@ -53,7 +53,7 @@ use crate::manifest::{LiveFile, Manifest, ManifestError, Retired, StreamState};
 use crate::sink::{
     FileNamer, LakeStore, PartitionedWriter, Partitioning, WriterLimits, WrittenFile, day_of,
 };
-use crate::source::jobs::{JobBook, JobSettings, Jobs, JobsReport};
+use crate::source::jobs::{JOBS_DIR, JobBook, JobSettings, Jobs, JobsReport, is_record_name};
 pub use plan::ExportApi;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -772,14 +772,16 @@ async fn remove_garbage(
     }
 }
 
-/// Delete the staging files (`part-…parquet#<digits>`) of uploads a killed run left in a
-/// local lake's stream folders, last written before `before`: the object store does not
-/// list them, so nothing else would.
+/// Delete the staging files of uploads a killed run left in a local lake, last written
+/// before `before`: `part-…parquet#<digits>` in the streams' folders and under
+/// `_staging/`, and `job-<id>.json#<digits>` under `_jobs/`. The object store does not list
+/// them, so nothing else would.
 fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef], before: DateTime<Utc>) {
     let Some(root) = lake.local_dir() else {
         return;
     };
     let mut dirs: Vec<std::path::PathBuf> = streams.iter().map(|s| root.join(s.name)).collect();
+    dirs.extend([dedupe::STAGING_DIR, JOBS_DIR].map(|d| root.join(d)));
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -788,7 +790,12 @@ fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef], before
             let staging = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.contains('#') && own_file_name(n));
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(file, n)| {
+                    !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                        && (own_file_name(file) || is_record_name(file))
+                });
             let old = || {
                 std::fs::metadata(&path)
                     .and_then(|m| m.modified())

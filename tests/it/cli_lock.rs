@@ -691,6 +691,50 @@ async fn files_the_tool_did_not_write_are_never_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_staging_and_jobs_only_the_tool_s_leftovers_are_deleted() {
+    let fake = fake(41, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let args = ["--streams", "users", "--mode", "incremental-deduped"];
+    let first = run(
+        &fake,
+        sync_args(&fake, &lake, "2024-01-03T00:00:00Z", &args),
+    )
+    .await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let put = |rel: &str| {
+        let p = lake.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+        p
+    };
+    let killed = "_staging/20240105T010203Z-0a1b2c/users/bucket=00";
+    let foreign = [
+        put("_staging/notes.txt"),
+        put(&format!("{killed}/notes.parquet")),
+        put("_jobs/users/notes.txt"),
+        put("_jobs/users/job-7.json.old#1"),
+    ];
+    let own = [
+        put(&format!(
+            "{killed}/part-20240105T010203Z-0a1b2c-00000.parquet"
+        )),
+        put(&format!(
+            "{killed}/part-20240105T010203Z-0a1b2c-00001.parquet#2"
+        )),
+        put("_jobs/users/job-7.json#3"),
+    ];
+    let again = run(&fake, sync_args(&fake, &lake, END, &args)).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    for f in &foreign {
+        assert!(f.is_file(), "{} was deleted", f.display());
+    }
+    for f in &own {
+        assert!(!f.exists(), "{} was left", f.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_newest_manifest_falls_back_and_that_run_deletes_nothing() {
     let fake = fake(39, 0).await;
     let dir = tempfile::tempdir().unwrap();

@@ -67,11 +67,24 @@ fn path_of(stream: &str, job: i64) -> String {
 fn job_of(relative: &str) -> Option<(String, i64)> {
     let rest = relative.strip_prefix(JOBS_DIR)?.strip_prefix('/')?;
     let (stream, file) = rest.split_once('/')?;
-    let id = file.strip_prefix("job-")?.strip_suffix(".json")?;
-    if stream.is_empty() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+    if stream.is_empty() {
         return None;
     }
-    Some((stream.to_string(), id.parse().ok()?))
+    Some((stream.to_string(), job_id_of(file)?))
+}
+
+/// The job id of a file name of a record, `job-<id>.json`.
+fn job_id_of(name: &str) -> Option<i64> {
+    let id = name.strip_prefix("job-")?.strip_suffix(".json")?;
+    match !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+        true => id.parse().ok(),
+        false => None,
+    }
+}
+
+/// Whether `name` is the file name of a record, `job-<id>.json`.
+pub fn is_record_name(name: &str) -> bool {
+    job_id_of(name).is_some()
 }
 
 #[derive(Debug, thiserror::Error)]
