@@ -36,7 +36,8 @@
 #                         start on other days and a killed run keep each record once
 #   empty-events          `events` synced, then a run while every list's getUsers fails
 #                         (stopped by SIGTERM after TORTURE_OUTAGE_SECS, default 10: the
-#                         client retries a list for minutes): the stream keeps its rows
+#                         client retries a list for minutes): the stream keeps its rows, and
+#                         the run stops within 10 s of the SIGTERM
 #   kill-local-delta, kill-s3-delta, race-local-delta, s3-faults-delta
 #                         the same with Delta tables (--table-format delta): also checked,
 #                         every file each table's latest version names exists, and after a
@@ -669,7 +670,9 @@ EOF
     RC=$?
     set -e
     after="$(check_py --dest "$dest" --rows events)" || after=missing
-    if [[ $before -gt 0 && $after =~ ^[0-9]+$ && $after -ge $before ]]; then
+    if [[ $stopped == *killed ]]; then
+        fail "$name" "the outage run did not stop within 10 s of SIGTERM (it waited out its retries; logs $W/logs/$name-2.log)"
+    elif [[ $before -gt 0 && $after =~ ^[0-9]+$ && $after -ge $before ]]; then
         say "$name: events kept $after of $before rows (the outage run exited $RC$stopped)"
         pass "$name"
     else

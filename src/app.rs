@@ -250,7 +250,8 @@ async fn sync_command(args: SyncArgs, progress: Option<Progress>) -> Result<u8> 
 }
 
 /// Cancel `cancel` on the first Ctrl-C or SIGTERM, so the run stops after the units in
-/// flight; exit at once on the second (files of the units in flight are then left for the
+/// flight (those that would wait for a rate limit or a retry are dropped); exit at once on
+/// the second (files of the units in flight are then left for the
 /// next run to remove).
 async fn stop_on_signals(cancel: CancellationToken) {
     for n in 0..2 {
@@ -260,7 +261,7 @@ async fn stop_on_signals(cancel: CancellationToken) {
         }
         if n == 0 {
             eprintln!(
-                "interrupted: finishing and committing the units in flight, starting nothing new (again to stop at once)"
+                "interrupted: finishing and committing the units in flight that need no further wait, starting nothing new; a unit waiting for a rate limit or a retry is dropped and read by the next run (again to stop at once)"
             );
             cancel.cancel();
         }

@@ -19,6 +19,7 @@ use rand::Rng;
 use reqwest::header::{HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 /// An Iterable API key. Its `Debug` and `Display` never show it.
@@ -166,6 +167,8 @@ pub enum ApiError {
     KeyNotAHeader,
     #[error("cannot add {path:?} to the base URL {base}")]
     Url { base: String, path: String },
+    #[error("{url}: not asked again, the run was stopped")]
+    Stopped { url: String },
 }
 
 impl ApiError {
@@ -210,6 +213,9 @@ pub struct ApiClient {
     pub stats: Arc<ApiStats>,
     /// Counters of one part of the run (a stream), kept besides `stats`.
     scope: Option<Arc<ApiStats>>,
+    /// Once fired, no request waits for its rate limiter or is tried again
+    /// ([`ApiError::Stopped`]): a stopped run does not wait out limiters and backoffs.
+    stop: CancellationToken,
 }
 
 /// A limiter of `per_minute` requests, one at a time (no bursts).
@@ -263,11 +269,31 @@ impl ApiClient {
             retry: cfg.retry,
             stats: Arc::default(),
             scope: None,
+            stop: CancellationToken::new(),
         })
     }
 
     /// A client sharing this one's connections, limits and counters that also counts its
     /// own requests, 429s and waits in the returned stats (a stream's share of the run).
+    /// A client of the same limits and counters whose waits end once `stop` fires: a
+    /// request waiting for its rate limiter or a retry's backoff ends at once with
+    /// [`ApiError::Stopped`] (one that needs no wait is still sent).
+    pub fn stopping_on(&self, stop: CancellationToken) -> ApiClient {
+        ApiClient {
+            stop,
+            ..self.clone()
+        }
+    }
+
+    /// Fired when the client was stopped ([`stopping_on`](Self::stopping_on)).
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     pub fn scoped(&self) -> (ApiClient, Arc<ApiStats>) {
         let scope = Arc::new(ApiStats::default());
         let client = ApiClient {
@@ -375,12 +401,20 @@ impl ApiClient {
         let (mut errors, mut rate_limited) = (0u32, 0u32);
         loop {
             attempt += 1;
-            match family {
-                Family::Export => self.export_limiter.until_ready().await,
-                Family::ListUsers => self.list_users_limiter.until_ready().await,
-                Family::Metrics => self.metrics_limiter.until_ready().await,
-                Family::ExportJobs => self.export_jobs_limiter.until_ready().await,
-                Family::Other => {}
+            let limiter = match family {
+                Family::Export => Some(&self.export_limiter),
+                Family::ListUsers => Some(&self.list_users_limiter),
+                Family::Metrics => Some(&self.metrics_limiter),
+                Family::ExportJobs => Some(&self.export_jobs_limiter),
+                Family::Other => None,
+            };
+            if let Some(limiter) = limiter {
+                tokio::select! {
+                    _ = limiter.until_ready() => {}
+                    _ = self.stop.cancelled() => {
+                        return Err(ApiError::Stopped { url: shown });
+                    }
+                }
             }
             self.count(|s| &s.requests, 1);
             let mut limited = false;
@@ -465,7 +499,10 @@ impl ApiClient {
             if limited {
                 self.count(|s| &s.rate_limit_wait_ms, ms);
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.cancelled() => return Err(ApiError::Stopped { url: shown }),
+            }
         }
     }
 

@@ -373,6 +373,12 @@ impl Run {
                     tracing::info!(stream = self.stream, window = %self.window, job, "following the export job an earlier run started");
                     job
                 }
+                None if self.client.is_stopped() => {
+                    return Err(ApiError::Stopped {
+                        url: "export/start".into(),
+                    }
+                    .into());
+                }
                 None => {
                     starts += 1;
                     self.start().await?
@@ -400,6 +406,10 @@ impl Run {
                     }
                     self.jobs.stats.add(|s| &s.restarted, 1);
                     tracing::warn!(stream = self.stream, window = %self.window, job, "export job failed; starting it again");
+                }
+                Err(JobEnd::Error(e @ FetchError::Api(ApiError::Stopped { .. }))) => {
+                    tracing::info!(stream = self.stream, window = %self.window, job, "run stopped: the export job is left recorded for the next run to follow or cancel");
+                    return Err(e);
                 }
                 Err(JobEnd::Error(e)) if resumed && !self.fed => {
                     tracing::warn!(stream = self.stream, window = %self.window, job, error = %e, "the export job an earlier run started cannot be followed; starting another");
@@ -522,7 +532,15 @@ impl Run {
                 delay = self.jobs.settings.poll_min;
                 continue;
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.client.stopped() => {
+                    return Err(FetchError::from(ApiError::Stopped {
+                        url: format!("export job {job}"),
+                    })
+                    .into());
+                }
+            }
             delay = (delay * 2).min(self.jobs.settings.poll_max);
         }
     }

@@ -63,8 +63,11 @@ impl FetchError {
         }
     }
 
-    /// Whether no request can succeed (the key is unusable).
+    /// Whether no further request can succeed: the key is unusable, or the run was stopped.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, FetchError::Api(ApiError::Unauthorized { .. }))
+        matches!(
+            self,
+            FetchError::Api(ApiError::Unauthorized { .. } | ApiError::Stopped { .. })
+        )
     }
 }

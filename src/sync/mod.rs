@@ -553,6 +553,8 @@ async fn run_locked(
         })?;
         schemas.push((*s, Arc::new(schema)));
     }
+    // Interrupted or the lease lost: no request waits for its limiter or a retry.
+    let client = client.stopping_on(stop.clone());
     let fence = lock.fence();
     let manifest = Manifest::fence(&lake, &run_id, &fence).await?;
     tracing::info!(run = %run_id, dest = %lake.display, streams = opts.streams.len(), version = manifest.version, lease = fence.generation(), "sync started");
@@ -973,8 +975,13 @@ async fn run_stream(
         );
     }
     if let Err(e) = result {
-        tracing::error!(stream = stream.name, error = %e, "stream failed");
-        p.report.status = StreamStatus::Failed(e);
+        if run.opts.cancel.is_cancelled() {
+            tracing::warn!(stream = stream.name, error = %e, "stream stopped by the interruption; it commits nothing more");
+            p.report.status = StreamStatus::Interrupted;
+        } else {
+            tracing::error!(stream = stream.name, error = %e, "stream failed");
+            p.report.status = StreamStatus::Failed(e);
+        }
     } else if p.interrupted {
         p.report.status = StreamStatus::Interrupted;
     } else if !p.report.quarantined.is_empty() {

@@ -691,6 +691,60 @@ async fn files_the_tool_did_not_write_are_never_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_retries_stops_the_run_in_seconds_and_quarantines_nothing() {
+    let healthy = fake(42, 0).await;
+    let mut cfg = healthy.config().clone();
+    // Every list's getUsers fails: the client retries each for minutes.
+    cfg.faults.failing_lists = healthy
+        .truth_lists()
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect();
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    fake.set_now(END.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let child = spawn(
+        &fake,
+        &sync_args(&fake, &lake, END, &["--streams", "events"]),
+    );
+    let t0 = Instant::now();
+    while fake.requests("/api/lists/getUsers") < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no getUsers request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = child.id().to_string();
+    let Ok(out) = tokio::time::timeout(Duration::from_secs(20), wait_output(child)).await else {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("the run did not stop within 20 s of SIGTERM: it waited out its retries");
+    };
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let r = run_report(&lake, &out);
+    let events = &r["streams"][0];
+    assert_eq!(events["status"], "interrupted", "{r}");
+    assert_eq!(
+        events["quarantined"].as_array().map(Vec::len),
+        Some(0),
+        "{r}"
+    );
+    let m = manifest(&lake).await;
+    assert!(
+        m.streams
+            .get("events")
+            .is_none_or(|s| s.quarantine.is_empty()),
+        "{m:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_staging_and_jobs_only_the_tool_s_leftovers_are_deleted() {
     let fake = fake(41, 0).await;
     let dir = tempfile::tempdir().unwrap();
