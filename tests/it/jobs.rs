@@ -2,19 +2,22 @@
 //! fake over HTTP: exact against the fake's truth, the key never sent with a file, and jobs
 //! recorded in the lake until their windows are done.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use iterable_lake::catalog;
+use iterable_lake::api::ApiClient;
+use iterable_lake::catalog::{self, SyncMode};
 use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults, FirstJobs};
+use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
 use iterable_lake::source::jobs::JOBS_DIR;
 use iterable_lake::sync::{self, ExportApi, RunReport, StreamStatus, SyncOptions};
 
 use crate::bin::{BIN, text, unlimited};
 use crate::export_sync::{START, assert_exact, options, t};
-use crate::lake::{fake_client, fake_client_with};
+use crate::lake::{fake_client, fake_client_with, live_batches};
 use crate::support;
 
 /// Options reading through jobs, polling fast (the fake's jobs move one step per poll).
@@ -27,20 +30,31 @@ fn jobs_options(streams: &[&str], now: &str) -> SyncOptions {
     o
 }
 
+/// A client of `fake` sending job requests past the fake's limit when it has one (as with
+/// another client of the organization): 429s are met, and waited out.
+fn past_job_rate(fake: &FakeIterable) -> ApiClient {
+    let per_second = fake
+        .config()
+        .faults
+        .job_rate
+        .map_or(1000, |(n, _)| n * 3 / 2);
+    fake_client_with(fake, 6, |c| c.export_job_requests_per_second = per_second)
+}
+
 /// Sync every export stream through jobs from a fake with `cfg` into `lake`, up to `END`, and
 /// check each against the fake's truth; no data.json request, no file request with the key,
 /// and no job record left.
 async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunReport {
-    // Past the fake's limit when it has one (as with another client of the organization):
-    // 429s are met, and waited out.
-    let per_second = cfg.faults.job_rate.map_or(1000, |(n, _)| n * 3 / 2);
     let fake = FakeIterable::start(cfg).await.unwrap();
     fake.set_now(t(END));
     let names: Vec<&str> = catalog::export_streams().map(|s| s.name).collect();
-    let client = fake_client_with(&fake, 6, |c| c.export_job_requests_per_second = per_second);
-    let report = sync::run(lake.clone(), client, jobs_options(&names, END))
-        .await
-        .unwrap();
+    let report = sync::run(
+        lake.clone(),
+        past_job_rate(&fake),
+        jobs_options(&names, END),
+    )
+    .await
+    .unwrap();
     for s in &report.streams {
         assert_eq!(
             s.status,
@@ -54,10 +68,27 @@ async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunRepo
         assert_exact(&fake, lake, s, START, t(END)).await;
     }
     assert_eq!(fake.requests("/api/export/data.json"), 0);
+    assert_jobs_done(&fake, lake).await;
+    let jobs = &report.export_jobs;
+    assert!(
+        jobs.started >= 51 && jobs.files >= jobs.completed,
+        "{jobs:?}"
+    );
+    report
+}
+
+/// After a run: no file request carried the key, every job the fake holds is finished
+/// (`Completed` or `Failed`: none occupies a slot), and the lake holds no job record.
+async fn assert_jobs_done(fake: &FakeIterable, lake: &LakeStore) {
     assert_eq!(
         fake.keyed_file_requests(),
         0,
         "a file request carried the key"
+    );
+    let states = fake_job_states(fake).await;
+    assert!(
+        states.iter().all(|s| s == "Completed" || s == "Failed"),
+        "a job is still queued or running: {states:?}"
     );
     let records: Vec<_> = lake
         .store
@@ -69,12 +100,6 @@ async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunRepo
         records.is_empty(),
         "every job record is deleted: {records:?}"
     );
-    let jobs = &report.export_jobs;
-    assert!(
-        jobs.started >= 51 && jobs.files >= jobs.completed,
-        "{jobs:?}"
-    );
-    report
 }
 
 const END: &str = "2024-01-04T00:00:00Z";
@@ -145,6 +170,146 @@ async fn every_job_fault_at_once_still_gives_exact_streams_locally_and_on_s3() {
     let bucket = s3.new_bucket().await;
     let lake = LakeStore::open(&bucket.s3_url("lake")).unwrap();
     every_stream_through_jobs(faulty(9), &lake).await;
+}
+
+/// The streams the full-refresh tests read: the two whose jobs `faulty` fails and truncates,
+/// and one it leaves alone.
+const REFRESHED: [&str; 3] = ["email_send", "email_open", "email_click"];
+
+/// A full refresh in `mode` of [`REFRESHED`] through jobs at `now`, every job fault on.
+async fn refresh_through_jobs(
+    fake: &FakeIterable,
+    lake: &LakeStore,
+    mode: SyncMode,
+    now: &str,
+) -> RunReport {
+    fake.set_now(t(now));
+    let mut opts = jobs_options(&REFRESHED, now);
+    opts.mode = Some(mode);
+    let report = sync::run(lake.clone(), past_job_rate(fake), opts)
+        .await
+        .unwrap();
+    for s in &report.streams {
+        assert_eq!(
+            (&s.status, s.mode),
+            (&StreamStatus::Succeeded, mode),
+            "{}: {:?}",
+            s.stream,
+            s.quarantined
+        );
+    }
+    assert_eq!(fake.requests("/api/export/data.json"), 0, "jobs only");
+    assert_jobs_done(fake, lake).await;
+    report
+}
+
+/// Rows per snapshot date and date partition of `stream`'s live files.
+async fn snapshot_counts(lake: &LakeStore, stream: &str) -> BTreeMap<(String, String), u64> {
+    let mut counts = BTreeMap::new();
+    for (f, _) in live_batches(lake, stream).await {
+        let folder = |name: &str| {
+            f.file
+                .path
+                .split('/')
+                .find_map(|p| p.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {}", f.file.path))
+                .to_string()
+        };
+        *counts
+            .entry((folder("snapshot_date="), folder("date=")))
+            .or_insert(0) += f.file.rows;
+    }
+    counts
+}
+
+/// Two nights of `full-refresh-overwrite` through jobs, with every job fault: each reads the
+/// whole range through jobs (none left running) and the stream holds it exactly once.
+async fn overwrite_through_jobs(seed: u64, lake: &LakeStore) {
+    let fake = FakeIterable::start(faulty(seed)).await.unwrap();
+    let mode = SyncMode::FullRefreshOverwrite;
+    let report = refresh_through_jobs(&fake, lake, mode, END).await;
+    assert!(report.export_jobs.failed >= 3, "{:?}", report.export_jobs);
+    let starts = fake.requests("/api/export/start");
+    assert!(starts >= REFRESHED.len() as u64, "{starts}");
+    let next = "2024-01-05T00:00:00Z";
+    refresh_through_jobs(&fake, lake, mode, next).await;
+    assert!(fake.requests("/api/export/start") >= starts + REFRESHED.len() as u64);
+    for name in REFRESHED {
+        assert_exact(&fake, lake, catalog::find(name).unwrap(), START, t(next)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_refresh_overwrite_through_jobs_is_exact_locally_and_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    overwrite_through_jobs(11, &LakeStore::open(dir.path().to_str().unwrap()).unwrap()).await;
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    overwrite_through_jobs(12, &LakeStore::open(&bucket.s3_url("lake")).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_refresh_append_through_jobs_adds_one_exact_snapshot_a_night() {
+    let fake = FakeIterable::start(faulty(13)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let mode = SyncMode::FullRefreshAppend;
+    refresh_through_jobs(&fake, &lake, mode, END).await;
+    for name in REFRESHED {
+        assert_exact(&fake, &lake, catalog::find(name).unwrap(), START, t(END)).await;
+    }
+    let next = "2024-01-05T00:00:00Z";
+    refresh_through_jobs(&fake, &lake, mode, next).await;
+    for name in REFRESHED {
+        let stream = catalog::find(name).unwrap();
+        let mut want = BTreeMap::new();
+        for (snapshot, end) in [("2024-01-04", END), ("2024-01-05", next)] {
+            for (date, rows) in fake.truth_counts(stream.data_type(), t(START), t(end)) {
+                want.insert((snapshot.to_string(), date.to_string()), rows);
+            }
+        }
+        assert_eq!(snapshot_counts(&lake, name).await, want, "{name}");
+    }
+}
+
+/// `auto` reads a full refresh's windows as the dry run says: through jobs those that end
+/// before the settling window (the last `--lookback` whole days), and the run does exactly
+/// what it planned, leaving no job behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_reads_a_full_refresh_s_windows_as_its_dry_run_says() {
+    let fake = FakeIterable::start(FakeConfig::small(14)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    fake.set_now(t(END));
+    let streams = ["email_send", "email_open"];
+    let mut opts = jobs_options(&streams, END);
+    opts.export_api = ExportApi::Auto;
+    opts.mode = Some(SyncMode::FullRefreshOverwrite);
+    opts.window.initial_days = 1;
+    let dry = sync::plan::describe(&opts, &Manifest::load(&lake).await.unwrap());
+    let by_job = dry.matches("via an export job").count() as u64;
+    let streamed = dry.matches("via data.json").count() as u64;
+    // 3 one-day windows a stream, the last one in the settling window.
+    assert!(by_job >= 4 && by_job + streamed == 6, "{dry}");
+    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
+        .await
+        .unwrap();
+    for s in &report.streams {
+        assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
+        assert_exact(
+            &fake,
+            &lake,
+            catalog::find(&s.stream).unwrap(),
+            START,
+            t(END),
+        )
+        .await;
+    }
+    assert_eq!(fake.requests("/api/export/start"), by_job, "{dry}");
+    assert_eq!(fake.requests("/api/export/data.json"), streamed, "{dry}");
+    assert_jobs_done(&fake, &lake).await;
 }
 
 /// Run the binary with `args` and the fake's key.
