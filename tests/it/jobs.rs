@@ -6,14 +6,19 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
 use iterable_lake::api::ApiClient;
 use iterable_lake::catalog::{self, SyncMode};
+use iterable_lake::convert::timestamp::format_for_query;
 use iterable_lake::fake::{CutOff, FakeConfig, FakeIterable, Faults, FirstJobs};
 use iterable_lake::manifest::Manifest;
 use iterable_lake::sink::LakeStore;
-use iterable_lake::source::jobs::JOBS_DIR;
+use iterable_lake::source::export::Window;
+use iterable_lake::source::jobs::{JOBS_DIR, JobRecord};
 use iterable_lake::sync::{self, ExportApi, RunReport, StreamStatus, SyncOptions};
+use object_store::ObjectStoreExt;
+use serde_json::Value;
 
 use crate::bin::{BIN, text, unlimited};
 use crate::export_sync::{START, assert_exact, options, t};
@@ -48,22 +53,7 @@ async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunRepo
     let fake = FakeIterable::start(cfg).await.unwrap();
     fake.set_now(t(END));
     let names: Vec<&str> = catalog::export_streams().map(|s| s.name).collect();
-    let report = sync::run(
-        lake.clone(),
-        past_job_rate(&fake),
-        jobs_options(&names, END),
-    )
-    .await
-    .unwrap();
-    for s in &report.streams {
-        assert_eq!(
-            s.status,
-            StreamStatus::Succeeded,
-            "{}: {:?}",
-            s.stream,
-            s.quarantined
-        );
-    }
+    let report = run_ok(lake, past_job_rate(&fake), jobs_options(&names, END)).await;
     for s in catalog::export_streams() {
         assert_exact(&fake, lake, s, START, t(END)).await;
     }
@@ -74,6 +64,21 @@ async fn every_stream_through_jobs(cfg: FakeConfig, lake: &LakeStore) -> RunRepo
         jobs.started >= 51 && jobs.files >= jobs.completed,
         "{jobs:?}"
     );
+    report
+}
+
+/// Run `opts` with `client` into `lake`; every stream succeeds.
+async fn run_ok(lake: &LakeStore, client: ApiClient, opts: SyncOptions) -> RunReport {
+    let report = sync::run(lake.clone(), client, opts).await.unwrap();
+    for s in &report.streams {
+        assert_eq!(
+            s.status,
+            StreamStatus::Succeeded,
+            "{}: {:?}",
+            s.stream,
+            s.quarantined
+        );
+    }
     report
 }
 
@@ -90,6 +95,11 @@ async fn assert_jobs_done(fake: &FakeIterable, lake: &LakeStore) {
         states.iter().all(|s| s == "Completed" || s == "Failed"),
         "a job is still queued or running: {states:?}"
     );
+    assert_no_record(lake).await;
+}
+
+/// The lake holds no job record.
+async fn assert_no_record(lake: &LakeStore) {
     let records: Vec<_> = lake
         .store
         .list(Some(&lake.path(JOBS_DIR)))
@@ -186,17 +196,9 @@ async fn refresh_through_jobs(
     fake.set_now(t(now));
     let mut opts = jobs_options(&REFRESHED, now);
     opts.mode = Some(mode);
-    let report = sync::run(lake.clone(), past_job_rate(fake), opts)
-        .await
-        .unwrap();
+    let report = run_ok(lake, past_job_rate(fake), opts).await;
     for s in &report.streams {
-        assert_eq!(
-            (&s.status, s.mode),
-            (&StreamStatus::Succeeded, mode),
-            "{}: {:?}",
-            s.stream,
-            s.quarantined
-        );
+        assert_eq!(s.mode, mode, "{}", s.stream);
     }
     assert_eq!(fake.requests("/api/export/data.json"), 0, "jobs only");
     assert_jobs_done(fake, lake).await;
@@ -293,11 +295,8 @@ async fn auto_reads_a_full_refresh_s_windows_as_its_dry_run_says() {
     let streamed = dry.matches("via data.json").count() as u64;
     // 3 one-day windows a stream, the last one in the settling window.
     assert!(by_job >= 4 && by_job + streamed == 6, "{dry}");
-    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
-        .await
-        .unwrap();
+    let report = run_ok(&lake, fake_client(&fake, 2), opts).await;
     for s in &report.streams {
-        assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
         assert_exact(
             &fake,
             &lake,
@@ -343,21 +342,71 @@ fn sync_args(dest: &str, base: &str, streams: &str, end: &str, extra: &[&str]) -
     a.iter().map(|s| s.to_string()).collect()
 }
 
-/// The states of the jobs the fake holds (`GET /api/export/jobs`).
-async fn fake_job_states(fake: &FakeIterable) -> Vec<String> {
+/// The jobs the fake holds (`GET /api/export/jobs`), by id.
+async fn fake_jobs(fake: &FakeIterable) -> BTreeMap<i64, Value> {
     let resp = reqwest::Client::new()
         .get(format!("{}export/jobs", fake.base_url()))
         .header("Api-Key", &fake.config().api_key)
         .send()
         .await
         .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     body["jobs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| j["jobState"].as_str().unwrap().to_string())
+        .map(|j| (j["id"].as_i64().unwrap(), j.clone()))
         .collect()
+}
+
+/// The states of the jobs the fake holds.
+async fn fake_job_states(fake: &FakeIterable) -> Vec<String> {
+    fake_jobs(fake).await.values().map(state_of).collect()
+}
+
+fn state_of(job: &Value) -> String {
+    job["jobState"].as_str().unwrap().to_string()
+}
+
+/// An instant of the fake's job list (`scheduledStartTime`, `endTime`).
+fn instant_of(job: &Value, field: &str) -> DateTime<Utc> {
+    job[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field}: {job}"))
+        .parse()
+        .unwrap()
+}
+
+/// Start an export job of `data_type` over `window` directly on the fake, as a killed run
+/// did, or another client of the project; returns its id.
+async fn start_job(fake: &FakeIterable, data_type: &str, window: Window) -> i64 {
+    let body = serde_json::json!({
+        "dataTypeName": data_type,
+        "outputFormat": "application/x-json-stream",
+        "startDateTime": format_for_query(window.start),
+        "endDateTime": format_for_query(window.end),
+    });
+    let resp = reqwest::Client::new()
+        .post(format!("{}export/start", fake.base_url()))
+        .header("Api-Key", &fake.config().api_key)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    body["jobId"].as_i64().unwrap()
+}
+
+/// Record `job` in `lake` as a run did that was killed `age` after starting it.
+async fn record_job(lake: &LakeStore, stream: &str, job: i64, window: Window, age: TimeDelta) {
+    let mut record = JobRecord::new(stream, job, window);
+    record.started_at -= age;
+    record.run_id = "20240104T000000Z-killed".to_string();
+    let path = lake.path(&format!("{JOBS_DIR}/{stream}/job-{job}.json"));
+    let body = serde_json::to_vec(&record).unwrap();
+    lake.store.put(&path, body.into()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,11 +595,8 @@ async fn a_job_falls_back_to_the_data_type_spelling_the_server_accepts() {
     fake.set_now(t(END));
     let mut opts = jobs_options(&["email_unsubscribe"], END);
     opts.window.initial_days = 1;
-    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
-        .await
-        .unwrap();
+    let report = run_ok(&lake, fake_client(&fake, 2), opts).await;
     let s = &report.streams[0];
-    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
     assert!(s.windows >= 2, "{}", s.windows);
     let unsub = catalog::find("email_unsubscribe").unwrap();
     assert_exact(&fake, &lake, unsub, START, t(END)).await;
@@ -569,11 +615,8 @@ async fn one_stream_s_unit_is_read_by_several_jobs_at_once() {
     fake.set_now(t(END));
     let mut opts = jobs_options(&["email_send"], END);
     opts.jobs.max_jobs = 2;
-    let report = sync::run(lake.clone(), fake_client(&fake, 2), opts)
-        .await
-        .unwrap();
+    let report = run_ok(&lake, fake_client(&fake, 2), opts).await;
     let s = &report.streams[0];
-    assert_eq!(s.status, StreamStatus::Succeeded, "{:?}", s.quarantined);
     assert_eq!(s.windows, 2, "3 days cut into 2 windows of whole days");
     assert_eq!(
         report.export_jobs.most_in_flight, 2,
@@ -582,4 +625,97 @@ async fn one_stream_s_unit_is_read_by_several_jobs_at_once() {
     );
     let send = catalog::find("email_send").unwrap();
     assert_exact(&fake, &lake, send, START, t(END)).await;
+}
+
+/// A killed run left `_jobs/` records for `email_send` (one job for the window this run
+/// reads first, one for a window it does not read, one too old to follow) and for
+/// `email_open`, which this run does not sync; another client runs a job of `email_send`'s
+/// data type over the very window this run reads first, unrecorded. A run of `email_send`
+/// alone follows the young job of its window, cancels `email_open`'s and the old one before
+/// it starts any job (they hold Iterable's slots), cancels or forgets the rest at its end,
+/// never touches the unrecorded job, and leaves no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_run_s_jobs_of_every_stream_are_followed_or_cancelled_and_no_other_job() {
+    let mut cfg = FakeConfig::small(15);
+    // Jobs that run long enough to be still running when the run starts.
+    cfg.jobs.run_time = Duration::from_secs(4);
+    // The data clock is the wall clock, so that the job list's instants order the run's
+    // requests.
+    let fake = FakeIterable::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+    let day = |d: i64| Window {
+        start: t(START).timestamp_micros() + d * 86_400_000_000,
+        end: t(START).timestamp_micros() + (d + 1) * 86_400_000_000,
+    };
+    let young = TimeDelta::minutes(5);
+    let mut other_stream = Vec::new();
+    for d in 0..2 {
+        let job = start_job(&fake, "emailOpen", day(d)).await;
+        record_job(&lake, "email_open", job, day(d), young).await;
+        other_stream.push(job);
+    }
+    let unrecorded = start_job(&fake, "emailSend", day(0)).await;
+    let old = start_job(&fake, "emailSend", day(0)).await;
+    record_job(&lake, "email_send", old, day(0), TimeDelta::hours(7)).await;
+    let followed = start_job(&fake, "emailSend", day(0)).await;
+    record_job(&lake, "email_send", followed, day(0), young).await;
+    let half = Window {
+        end: day(0).start + 43_200_000_000,
+        ..day(0)
+    };
+    let unread = start_job(&fake, "emailSend", half).await;
+    record_job(&lake, "email_send", unread, half, young).await;
+    let before = fake_jobs(&fake).await;
+    assert!(
+        before
+            .values()
+            .all(|j| ["Enqueued", "Running"].contains(&state_of(j).as_str())),
+        "{before:?}"
+    );
+    let starts = fake.requests("/api/export/start");
+
+    let mut opts = jobs_options(&["email_send"], END);
+    opts.window.initial_days = 1;
+    let report = run_ok(&lake, fake_client(&fake, 2), opts).await;
+    let send = catalog::find("email_send").unwrap();
+    assert_exact(&fake, &lake, send, START, t(END)).await;
+
+    let after = fake_jobs(&fake).await;
+    let started: Vec<&Value> = after.range(unread + 1..).map(|(_, j)| j).collect();
+    assert_eq!(
+        fake.requests("/api/export/start") - starts,
+        report.export_jobs.started,
+        "the run's own starts"
+    );
+    assert_eq!(started.len() as u64, report.export_jobs.started);
+    let first_start = started
+        .iter()
+        .map(|j| instant_of(j, "scheduledStartTime"))
+        .min()
+        .expect("the run started jobs for its later windows");
+    for job in other_stream.iter().chain([&old]) {
+        let j = &after[job];
+        assert_eq!(state_of(j), "Failed", "cancelled: {j}");
+        assert!(
+            instant_of(j, "endTime") <= first_start,
+            "cancelled before the run started a job: {j}"
+        );
+    }
+    assert_eq!(state_of(&after[&followed]), "Completed");
+    assert!(
+        fake.requests(&format!("/api/export/{followed}/files")) > 0,
+        "the young job of the run's first window is followed"
+    );
+    assert_eq!(
+        fake.requests(&format!("/api/export/{unrecorded}")),
+        0,
+        "the unrecorded job is neither polled nor cancelled"
+    );
+    assert_ne!(state_of(&after[&unrecorded]), "Failed");
+    assert!(
+        !["Enqueued", "Running"].contains(&state_of(&after[&unread]).as_str()),
+        "the job of a window the run did not read is cancelled at its end, if still running"
+    );
+    assert_no_record(&lake).await;
 }
