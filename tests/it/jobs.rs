@@ -636,14 +636,22 @@ async fn one_stream_s_unit_is_read_by_several_jobs_at_once() {
 /// never touches the unrecorded job, and leaves no record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_run_s_jobs_of_every_stream_are_followed_or_cancelled_and_no_other_job() {
-    let mut cfg = FakeConfig::small(15);
+    let dir = tempfile::tempdir().unwrap();
+    killed_run_s_jobs(15, LakeStore::open(dir.path().to_str().unwrap()).unwrap()).await;
+    let Some(s3) = support::require_s3() else {
+        return;
+    };
+    let bucket = s3.new_bucket().await;
+    killed_run_s_jobs(16, LakeStore::open(&bucket.s3_url("lake")).unwrap()).await;
+}
+
+async fn killed_run_s_jobs(seed: u64, lake: LakeStore) {
+    let mut cfg = FakeConfig::small(seed);
     // Jobs that run long enough to be still running when the run starts.
     cfg.jobs.run_time = Duration::from_secs(4);
     // The data clock is the wall clock, so that the job list's instants order the run's
     // requests.
     let fake = FakeIterable::start(cfg).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
     let day = |d: i64| Window {
         start: t(START).timestamp_micros() + d * 86_400_000_000,
         end: t(START).timestamp_micros() + (d + 1) * 86_400_000_000,
