@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::api::{ApiClient, ApiKey, ClientConfig, RetryPolicy};
 use crate::catalog;
-use crate::check::{self, KeyProblem};
+use crate::check::{self, CheckReport, KeyCheck, KeyProblem};
 use crate::cli::{
     CheckArgs, Cli, Command, DemoArgs, FakeApiArgs, FakeDataArgs, FakeFaultArgs, FakeJobArgs,
     FakeTruthArgs, LogFormat, ResetArgs, SourceArgs, StateAction, StateArgs, StreamsArgs, SyncArgs,
@@ -430,50 +430,79 @@ async fn check_command(args: CheckArgs) -> Result<u8> {
         max_delay: Duration::from_secs(5),
     };
     let client = client(&cfg.api, Some(retry))?;
-    let host = check::host_of(&client);
-    match check::check_key(&client).await {
-        Ok(()) => println!(
-            "API key: accepted by {host} (GET /api/{})",
-            check::KEY_PROBE_PATH
-        ),
-        Err(problem) => {
-            eprintln!("error: {problem}");
-            return Ok(match problem {
-                KeyProblem::Api(_) => exit::FAILED,
-                _ => exit::KEY_UNUSABLE,
-            });
+    let mut report = CheckReport {
+        key: KeyCheck {
+            host: check::host_of(&client),
+            probe: format!("GET /api/{}", check::KEY_PROBE_PATH),
+            accepted: true,
+            error: None,
+        },
+        export_jobs: None,
+        streams: Vec::new(),
+    };
+    if let Err(problem) = check::check_key(&client).await {
+        eprintln!("error: {problem}");
+        report.key.accepted = false;
+        report.key.error = Some(problem.to_string());
+        if args.json {
+            print_json(&report)?;
         }
+        return Ok(match problem {
+            KeyProblem::Api(_) => exit::FAILED,
+            _ => exit::KEY_UNUSABLE,
+        });
+    }
+    let human = !args.json;
+    if human {
+        println!(
+            "API key: accepted by {} ({})",
+            report.key.host, report.key.probe
+        );
+    }
+    if check::reads_through_jobs(cfg.export_api, &cfg.streams) {
+        let jobs = check::probe_jobs(&client, cfg.export_api).await;
+        if human {
+            println!("{}", jobs.describe());
+        }
+        report.export_jobs = Some(jobs);
     }
     let per_minute = cfg.api.export_requests_per_minute.unwrap_or(4).max(1) as usize;
-    if cfg.streams.len() > per_minute {
+    if human && cfg.streams.len() > per_minute {
         println!(
             "probing {} streams at {per_minute} export requests per minute: about {} minutes",
             cfg.streams.len(),
             cfg.streams.len().div_ceil(per_minute)
         );
     }
-    println!(
-        "{:<28} {:<24} {:<9} error",
-        "stream", "data type", "readable"
-    );
-    let mut probes = std::pin::pin!(check::probe_streams(&client, &cfg.streams, Utc::now()));
-    let mut unreadable = 0;
-    while let Some(p) = probes.next().await {
-        unreadable += usize::from(!p.readable);
+    if human {
         println!(
-            "{:<28} {:<24} {:<9} {}",
-            p.stream,
-            p.data_type,
-            yes_no(p.readable),
-            p.error.as_deref().unwrap_or("")
+            "{:<28} {:<24} {:<9} error",
+            "stream", "data type", "readable"
         );
     }
-    println!(
-        "{} of {} streams readable",
-        cfg.streams.len() - unreadable,
-        cfg.streams.len()
-    );
-    Ok(if unreadable == 0 {
+    let mut probes = std::pin::pin!(check::probe_streams(&client, &cfg.streams, Utc::now()));
+    while let Some(p) = probes.next().await {
+        if human {
+            println!(
+                "{:<28} {:<24} {:<9} {}",
+                p.stream,
+                p.data_type,
+                yes_no(p.readable),
+                p.error.as_deref().unwrap_or("")
+            );
+        }
+        report.streams.push(p);
+    }
+    if human {
+        println!(
+            "{} of {} streams readable",
+            report.readable(),
+            report.streams.len()
+        );
+    } else {
+        print_json(&report)?;
+    }
+    Ok(if report.passed() {
         exit::OK
     } else {
         exit::FAILED

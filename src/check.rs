@@ -1,7 +1,9 @@
-//! `check`: whether the API key works in the chosen data centre (one cheap request), then
-//! whether each selected export stream is readable (one request over a one-minute window in
-//! the past, under the client's export rate limit). The caller builds the client, with few
-//! retries so that a dead host fails fast, and prints the results.
+//! `check`: whether the API key works in the chosen data centre (one cheap request), whether
+//! the key may use export jobs when the run would read through them (one request that lists
+//! the project's jobs and starts none), then whether each selected export stream is readable
+//! (one request over a one-minute window in the past, under the client's export rate limit).
+//! The caller builds the client, with few retries so that a dead host fails fast, and prints
+//! the results.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use futures::{Stream, StreamExt};
@@ -10,9 +12,13 @@ use serde::Serialize;
 use crate::api::{ApiClient, ApiError, Family};
 use crate::catalog::{Source, StreamDef};
 use crate::convert::timestamp::format_for_query;
+use crate::sync::ExportApi;
 
 /// The request that tells whether the key works: small, and not rate-limited much.
 pub const KEY_PROBE_PATH: &str = "channels";
+/// The request that tells whether the key may use export jobs: `GET /api/export/jobs` lists
+/// the project's recent jobs, starts nothing, and has no stated rate limit.
+pub const JOBS_PROBE_PATH: &str = "export/jobs";
 /// Probes in flight at once (the export rate limiter spaces them out anyway).
 const PROBES_IN_FLIGHT: usize = 4;
 
@@ -104,6 +110,115 @@ pub fn probe_window(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
         .expect("a minute divides any instant");
     let end = minute - TimeDelta::hours(1);
     (end - TimeDelta::minutes(1), end)
+}
+
+/// Whether the export jobs API answers for the key.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobsProbe {
+    /// How the run would read export streams (`jobs` or `auto`).
+    pub export_api: ExportApi,
+    /// The run cannot do without export jobs (`--export-api jobs`): when they do not answer,
+    /// `check` fails. `auto` still needs them for backfills, but its nightly tail does not.
+    pub required: bool,
+    pub answers: bool,
+    /// The API refused the key on this route (401 or 403): the key may not use export jobs.
+    pub denied: bool,
+    pub error: Option<String>,
+}
+
+impl JobsProbe {
+    /// Whether `check` fails for this probe.
+    pub fn fails(&self) -> bool {
+        self.required && !self.answers
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let path = JOBS_PROBE_PATH;
+        let Some(error) = &self.error else {
+            return format!("export jobs: the API answers (GET /api/{path})");
+        };
+        let problem = if self.denied {
+            format!("refused ({error}) to GET /api/{path}: this key may not use export jobs")
+        } else {
+            format!("no answer ({error}) to GET /api/{path}")
+        };
+        let consequence = match self.export_api {
+            ExportApi::Jobs => {
+                "--export-api jobs reads every export window through them, so a sync would fail"
+            }
+            _ => {
+                "--export-api auto reads backfills (a first run, a reset, a lake far behind, a \
+                 full refresh's older windows) through them, and those would fail"
+            }
+        };
+        format!(
+            "export jobs: {problem}; {consequence}: use a key allowed to use export jobs, or \
+             --export-api stream"
+        )
+    }
+}
+
+/// Whether a run of `streams` with `export_api` would read through export jobs, so that
+/// `check` probes them: some stream is an export stream and `export_api` is not `stream`.
+pub fn reads_through_jobs(export_api: ExportApi, streams: &[&'static StreamDef]) -> bool {
+    export_api != ExportApi::Stream
+        && streams
+            .iter()
+            .any(|s| matches!(s.source, Source::Export { .. }))
+}
+
+/// One request that lists the project's export jobs: it answers when the key may use them.
+pub async fn probe_jobs(client: &ApiClient, export_api: ExportApi) -> JobsProbe {
+    let result = client.get(Family::Other, JOBS_PROBE_PATH, &[]).await;
+    let denied = matches!(
+        &result,
+        Err(ApiError::Unauthorized { .. } | ApiError::Status { status: 403, .. })
+    );
+    let error = result.err().map(|e| match e {
+        ApiError::Unauthorized { code, .. } => format!("401{}", prefixed(" ", &code)),
+        other => short(&other),
+    });
+    JobsProbe {
+        export_api,
+        required: export_api == ExportApi::Jobs,
+        answers: error.is_none(),
+        denied,
+        error,
+    }
+}
+
+/// Everything `check` found, as `check --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub key: KeyCheck,
+    /// `None` when the run would not read through export jobs.
+    pub export_jobs: Option<JobsProbe>,
+    pub streams: Vec<Probe>,
+}
+
+impl CheckReport {
+    pub fn readable(&self) -> usize {
+        self.streams.iter().filter(|p| p.readable).count()
+    }
+
+    /// The key works, every stream is readable, and export jobs answer if the run needs them.
+    pub fn passed(&self) -> bool {
+        self.key.accepted
+            && self.readable() == self.streams.len()
+            && !self.export_jobs.as_ref().is_some_and(JobsProbe::fails)
+    }
+}
+
+/// Whether the key works.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyCheck {
+    /// `host[:port]` of the API.
+    pub host: String,
+    /// The request that tells.
+    pub probe: String,
+    pub accepted: bool,
+    pub error: Option<String>,
 }
 
 /// Whether one stream is readable.
@@ -212,6 +327,16 @@ pub fn probe_streams<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_are_probed_when_an_export_stream_would_read_through_them() {
+        let export = crate::catalog::find("email_send").unwrap();
+        let lists = crate::catalog::find("lists").unwrap();
+        assert!(reads_through_jobs(ExportApi::Jobs, &[lists, export]));
+        assert!(reads_through_jobs(ExportApi::Auto, &[export]));
+        assert!(!reads_through_jobs(ExportApi::Stream, &[export]));
+        assert!(!reads_through_jobs(ExportApi::Jobs, &[lists]));
+    }
 
     #[test]
     fn the_probe_window_is_one_settled_minute() {

@@ -16,7 +16,8 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0   success
   1   sync: a stream failed (the summary says whether it committed anything);
-      check: a stream is not readable; state: no lake or manifest at --dest
+      check: a stream is not readable, or --export-api jobs and the key may
+      not use export jobs; state: no lake or manifest at --dest
   2   sync: completed, with windows quarantined (retried on the next run)
   3   check: the API key is unusable (rejected, wrong data centre, API unreachable)
   64  bad usage: unknown flag, stream or config key, or a bad value
@@ -120,6 +121,11 @@ pub struct SourceArgs {
     /// (Iterable allows 1 per organization) [default: 1].
     #[arg(long, value_name = "N")]
     pub export_job_requests_per_second: Option<u32>,
+    /// How export streams are read: `stream` (data.json), `jobs` (an export job per window),
+    /// or `auto`: jobs for a backfill's windows, data.json for the recent tail; the last one
+    /// given wins. `check` probes the export jobs API unless it is `stream` [default: auto].
+    #[arg(long, value_enum, overrides_with = "export_api")]
+    pub export_api: Option<ExportApi>,
 }
 
 impl SourceArgs {
@@ -156,6 +162,7 @@ impl SourceArgs {
             export_job_requests_per_second: self
                 .export_job_requests_per_second
                 .map(|n| Given::flag("--export-job-requests-per-second", i64::from(n))),
+            export_api: self.export_api.map(|a| Given::flag("--export-api", a)),
             ..Layer::default()
         }
     }
@@ -216,11 +223,6 @@ pub struct SyncArgs {
     /// Days that files a Delta commit replaced stay for readers of older versions [default: 7].
     #[arg(long, value_name = "DAYS")]
     pub retain_removed: Option<u32>,
-    /// How export streams are read: `stream` (data.json), `jobs` (an export job per window),
-    /// or `auto`: jobs for a backfill's windows, data.json for the recent tail; the last one
-    /// given wins [default: auto].
-    #[arg(long, value_enum, overrides_with = "export_api")]
-    pub export_api: Option<ExportApi>,
     /// Export jobs in flight at once, over all streams (Iterable processes 4 per
     /// organization) [default: 4].
     #[arg(long, value_name = "N")]
@@ -271,7 +273,6 @@ impl SyncArgs {
             retain_removed: self
                 .retain_removed
                 .map(|d| Given::flag("--retain-removed", i64::from(d))),
-            export_api: self.export_api.map(|a| Given::flag("--export-api", a)),
             export_jobs: self
                 .export_jobs
                 .map(|n| Given::flag("--export-jobs", i64::from(n))),
@@ -290,6 +291,9 @@ impl SyncArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Print the results as one JSON object (key, export jobs, streams) for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

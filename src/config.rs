@@ -317,6 +317,8 @@ pub struct SyncConfig {
 pub struct CheckConfig {
     pub api: ApiSettings,
     pub streams: Vec<&'static StreamDef>,
+    /// How a run would read export streams: whether `check` probes export jobs.
+    pub export_api: ExportApi,
 }
 
 fn at_least(given: &Given<i64>, min: i64, what: &str) -> Result<i64, ConfigError> {
@@ -390,7 +392,14 @@ impl Layer {
         Ok(CheckConfig {
             api: self.api_settings()?,
             streams,
+            export_api: self.export_api(),
         })
+    }
+
+    fn export_api(&self) -> ExportApi {
+        self.export_api
+            .as_ref()
+            .map_or(ExportApi::Auto, |a| a.value)
     }
 
     /// Validate the settings of `sync`; `now` is the run's clock.
@@ -428,10 +437,7 @@ impl Layer {
         if let Some(f) = &self.table_format {
             opts.table_format = f.value;
         }
-        opts.export_api = self
-            .export_api
-            .as_ref()
-            .map_or(ExportApi::Auto, |a| a.value);
+        opts.export_api = self.export_api();
         if let Some(n) = &self.export_jobs {
             opts.jobs.max_jobs = usize::try_from(at_least(n, 1, "at least 1")?).unwrap_or(1);
         }
@@ -1007,6 +1013,7 @@ mod tests {
         assert_eq!(cfg.options.min_replace_ratio, 0.25);
         assert_eq!(cfg.options.dedupe_memory, 64 << 20);
         assert_eq!(cfg.options.export_api, ExportApi::Jobs);
+        assert_eq!(layer.check_config().unwrap().export_api, ExportApi::Jobs);
         assert_eq!(cfg.options.jobs.max_jobs, 2);
         assert_eq!(cfg.api.export_job_requests_per_second, Some(3));
         let unset = keyed().sync_config(now()).unwrap();
@@ -1015,6 +1022,7 @@ mod tests {
             ExportApi::Auto,
             "the command line's default"
         );
+        assert_eq!(keyed().check_config().unwrap().export_api, ExportApi::Auto);
         assert!(
             matches!(&cfg.api.key.value, KeySpec::File(p) if p == Path::new("/etc/il/secrets/key"))
         );

@@ -44,8 +44,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State as Shared};
+use axum::extract::{Path, RawQuery, Request, State as Shared};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
 use chrono::DateTime;
@@ -69,6 +70,24 @@ pub(super) fn routes() -> Router<Arc<State>> {
         .route("/export/jobs", get(list))
         .route("/export/{job_id}/files", get(files))
         .route("/export/{job_id}", delete(cancel))
+}
+
+/// `Faults::jobs_denied`: the export-job routes refuse the key (which the API's guard has
+/// accepted) as Iterable would a key without the permission.
+pub(super) async fn deny(Shared(state): Shared<Arc<State>>, req: Request, next: Next) -> Response {
+    match state.cfg.faults.jobs_denied {
+        None => next.run(req).await,
+        Some(401) => api_error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "This API key is not authorized to use export jobs",
+        ),
+        Some(status) => api_error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+            "Forbidden",
+            "This API key does not have permission to use export jobs",
+        ),
+    }
 }
 
 pub(super) fn file_routes() -> Router<Arc<State>> {
@@ -1001,5 +1020,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fake.keyed_file_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_key_denied_export_jobs_is_refused_on_every_job_route_only() {
+        for (denied, status, code) in [
+            (401, StatusCode::UNAUTHORIZED, "Unauthorized"),
+            (403, StatusCode::FORBIDDEN, "Forbidden"),
+        ] {
+            let fake = fake(|c| c.faults.jobs_denied = Some(denied)).await;
+            let (got, body) = try_start(&fake).await;
+            assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+            let base = fake.base_url();
+            let client = reqwest::Client::new();
+            for request in [
+                client.get(format!("{base}export/jobs")),
+                client.get(format!("{base}export/1001/files")),
+                client.delete(format!("{base}export/1001")),
+            ] {
+                let (got, body) = call(&fake, request).await;
+                assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+            }
+            let (got, _) = call(&fake, client.get(format!("{base}channels"))).await;
+            assert_eq!(got, StatusCode::OK, "other routes answer");
+            let wrong = client
+                .get(format!("{base}export/jobs"))
+                .header("Api-Key", "not-the-key")
+                .send()
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&wrong.bytes().await.unwrap()).unwrap();
+            assert_eq!(body["code"], "BadApiKey", "the key is checked first");
+        }
     }
 }

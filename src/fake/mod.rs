@@ -160,6 +160,11 @@ pub struct Faults {
     /// Stream each `data.json` response at most this fast, in bytes per second (the speed
     /// model's assumption of Iterable's per-request streaming rate).
     pub stream_bytes_per_second: Option<u64>,
+    /// Answer every export-job route (`start`, `files`, `jobs`, `DELETE`) with this status,
+    /// 401 `Unauthorized` or 403 `Forbidden`, after the key check: a key the project does not
+    /// allow to use export jobs. (Iterable documents neither the status nor the body for
+    /// such a key; these are the two its error codes allow.)
+    pub jobs_denied: Option<u16>,
 }
 
 /// The first `jobs` export jobs started of `data_type` (either spelling; every data type
@@ -216,6 +221,7 @@ impl Default for Faults {
             expired_urls: 0,
             cut_downloads: None,
             stream_bytes_per_second: None,
+            jobs_denied: None,
         }
     }
 }
@@ -440,7 +446,9 @@ pub(crate) fn api_error(status: StatusCode, code: &str, msg: impl Display) -> Re
 
 fn router(state: Arc<State>) -> Router {
     let api = export::routes()
-        .merge(jobs::routes())
+        .merge(
+            jobs::routes().route_layer(middleware::from_fn_with_state(state.clone(), jobs::deny)),
+        )
         .merge(rest::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard_api));
     Router::new()

@@ -225,6 +225,131 @@ async fn check_tells_a_good_key_a_wrong_key_a_dead_host_and_an_unreadable_stream
     }
 }
 
+/// `check` of the fake's `email_send` with `flags`, the fake's key in the environment.
+async fn check_with(fake: &FakeIterable, flags: &[&str]) -> Output {
+    let base = fake.base_url();
+    let key = fake.config().api_key.clone();
+    let mut args = vec!["check", "--base-url", &base, "--streams", "email_send"];
+    args.extend(flags);
+    run(&unlimited(&args), &[("ITERABLE_API_KEY", &key)]).await
+}
+
+/// The line of `check`'s output about export jobs.
+fn jobs_line(o: &Output) -> Option<String> {
+    stdout(o)
+        .lines()
+        .find(|l| l.starts_with("export jobs: "))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_whether_the_key_may_use_export_jobs_when_the_run_would() {
+    let allowed = fake(26, &[]).await;
+    for api in ["jobs", "auto"] {
+        let o = check_with(&allowed, &["--export-api", api]).await;
+        assert_code(&o, 0);
+        assert_eq!(
+            jobs_line(&o).as_deref(),
+            Some("export jobs: the API answers (GET /api/export/jobs)"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = check_with(&allowed, &["--export-api", "jobs", "--json"]).await;
+    assert_code(&o, 0);
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["key"]["accepted"], true, "{report}");
+    let jobs = &report["export_jobs"];
+    assert_eq!(
+        (&jobs["export_api"], &jobs["required"], &jobs["answers"]),
+        (&Value::from("jobs"), &Value::from(true), &Value::from(true)),
+        "{report}"
+    );
+    assert_eq!(report["streams"][0]["readable"], true, "{report}");
+    assert_eq!(allowed.requests("/api/export/jobs"), 3);
+    assert_eq!(
+        allowed.requests("/api/export/start"),
+        0,
+        "a probe starts nothing"
+    );
+
+    let mut cfg = FakeConfig::small(27);
+    cfg.faults.jobs_denied = Some(403);
+    let denied = FakeIterable::start(cfg).await.unwrap();
+    let o = check_with(&denied, &["--export-api", "jobs"]).await;
+    assert_code(&o, 1);
+    let out = stdout(&o);
+    assert!(out.starts_with("API key: accepted by "), "{out}");
+    assert_eq!(
+        jobs_line(&o).unwrap(),
+        "export jobs: refused (403 Forbidden: This API key does not have permission to use \
+         export jobs) to GET /api/export/jobs: this key may not use export jobs; \
+         --export-api jobs reads every export window through them, so a sync would fail: use \
+         a key allowed to use export jobs, or --export-api stream"
+    );
+    assert!(out.ends_with("1 of 1 streams readable\n"), "{out}");
+    // auto (the default) needs jobs only for backfills: told, but not a failure.
+    let o = check_with(&denied, &[]).await;
+    assert_code(&o, 0);
+    let line = jobs_line(&o).unwrap();
+    assert!(
+        line.contains("this key may not use export jobs; --export-api auto reads backfills"),
+        "{line}"
+    );
+    let o = check_with(&denied, &["--export-api", "jobs", "--json"]).await;
+    assert_code(&o, 1);
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = &report["export_jobs"];
+    assert_eq!(
+        (&jobs["answers"], &jobs["denied"], &jobs["error"]),
+        (
+            &Value::from(false),
+            &Value::from(true),
+            &Value::from("403 Forbidden: This API key does not have permission to use export jobs")
+        ),
+        "{report}"
+    );
+    // No probe when the run would not read through jobs.
+    let probes = denied.requests("/api/export/jobs");
+    assert_eq!(probes, 3);
+    let streamed = check_with(&denied, &["--export-api", "stream"]).await;
+    assert_code(&streamed, 0);
+    assert_eq!(jobs_line(&streamed), None, "{}", text(&streamed));
+    let o = run(
+        &unlimited(&[
+            "check",
+            "--base-url",
+            &denied.base_url(),
+            "--streams",
+            "lists",
+            "--export-api",
+            "jobs",
+        ]),
+        &[("ITERABLE_API_KEY", &denied.config().api_key)],
+    )
+    .await;
+    assert_code(&o, 0);
+    assert_eq!(jobs_line(&o), None, "{}", text(&o));
+    assert_eq!(denied.requests("/api/export/jobs"), probes);
+
+    let mut cfg = FakeConfig::small(28);
+    cfg.faults.jobs_denied = Some(401);
+    let unauthorized = FakeIterable::start(cfg).await.unwrap();
+    let o = check_with(&unauthorized, &["--export-api", "jobs"]).await;
+    assert_code(&o, 1);
+    let line = jobs_line(&o).unwrap();
+    assert!(
+        line.starts_with(
+            "export jobs: refused (401 Unauthorized) to GET /api/export/jobs: this key may not \
+             use export jobs;"
+        ),
+        "{line}"
+    );
+    for o in [&o, &streamed] {
+        assert!(!text(o).contains("panicked"), "{}", text(o));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_describes_the_catalog_and_prints_schemas() {
     let listed = run(&["streams", "--json"], &[]).await;
