@@ -143,19 +143,18 @@ impl JobsProbe {
         } else {
             format!("no answer ({error}) to GET /api/{path}")
         };
-        let consequence = match self.export_api {
-            ExportApi::Jobs => {
-                "--export-api jobs reads every export window through them, so a sync would fail"
-            }
-            _ => {
-                "--export-api auto reads backfills (a first run, a reset, a lake far behind, a \
-                 full refresh's older windows) through them, and those would fail"
-            }
-        };
-        format!(
-            "export jobs: {problem}; {consequence}: use a key allowed to use export jobs, or \
-             --export-api stream"
-        )
+        match self.export_api {
+            ExportApi::Jobs => format!(
+                "export jobs: {problem}; --export-api jobs reads every export window through \
+                 them, so a sync would fail: use a key allowed to use export jobs, or \
+                 --export-api stream"
+            ),
+            _ => format!(
+                "export jobs: {problem}; --export-api auto reads backfills (a first run, a \
+                 reset, a lake far behind, a full refresh's older windows) through them: a \
+                 sync refused them reads those through data.json instead, slower"
+            ),
+        }
     }
 }
 

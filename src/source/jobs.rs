@@ -121,6 +121,11 @@ pub enum JobError {
         file: String,
         refreshes: u32,
     },
+    #[error(
+        "Iterable refused to start an export job ({status}): this key may not use export \
+         jobs; use a key that may, or --export-api stream (auto then reads through data.json)"
+    )]
+    Refused { status: u16 },
     #[error("export job {job}: {problem}")]
     Shape { job: i64, problem: String },
     #[error("recording export job {job} in the lake: {source}")]
@@ -176,6 +181,11 @@ impl JobStats {
         pick(self).load(Ordering::Relaxed)
     }
 
+    /// Count `n` jobs earlier runs left that this run cancelled.
+    pub fn add_cancelled(&self, n: u64) {
+        self.add(|s| &s.cancelled, n);
+    }
+
     /// A plain copy, for the run report.
     pub fn report(&self) -> JobsReport {
         JobsReport {
@@ -199,6 +209,7 @@ pub struct JobsReport {
     pub completed: u64,
     pub failed: u64,
     pub restarted: u64,
+    /// Jobs cancelled: the run's own it gave up, and those earlier runs left.
     pub cancelled: u64,
     pub files: u64,
     pub bytes: u64,
@@ -434,12 +445,12 @@ impl Run {
                     trying = alt,
                     "data type spelling rejected"
                 );
-                let resp = self.post_start(alt).await?;
+                let resp = self.post_start(alt).await.map_err(refused)?;
                 self.use_alt_spelling.store(true, Ordering::Relaxed);
                 (self.data_type, self.alt_data_type) = (alt, None);
                 resp
             }
-            (resp, _) => resp?,
+            (resp, _) => resp.map_err(refused)?,
         };
         let started: Started = read_json(resp, 0).await?;
         let job = started.job_id;
@@ -808,6 +819,16 @@ impl Drop for Gauge<'_> {
         if let Some(pick) = self.state.and_then(Self::slot) {
             self.stats.sub(pick);
         }
+    }
+}
+
+/// A refusal of `export/start` for the key (401, 403) as [`JobError::Refused`]: the key
+/// may read `data.json` but not start jobs.
+fn refused(e: ApiError) -> FetchError {
+    match e {
+        ApiError::Unauthorized { .. } => JobError::Refused { status: 401 }.into(),
+        ApiError::Status { status: 403, .. } => JobError::Refused { status: 403 }.into(),
+        e => e.into(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod user_events;
 
 use crate::api::ApiError;
 use crate::sink::WriteError;
+use jobs::JobError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -33,7 +34,7 @@ pub enum FetchError {
     #[error("unexpected response from {url}: {problem}")]
     Shape { url: String, problem: String },
     #[error(transparent)]
-    Job(#[from] jobs::JobError),
+    Job(#[from] JobError),
 }
 
 impl From<reqwest::Error> for FetchError {
@@ -63,11 +64,18 @@ impl FetchError {
         }
     }
 
-    /// Whether no further request can succeed: the key is unusable, or the run was stopped.
+    /// Whether no further request can succeed: the key is unusable (for export jobs, when
+    /// it may not start them), or the run was stopped.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
             FetchError::Api(ApiError::Unauthorized { .. } | ApiError::Stopped { .. })
+                | FetchError::Job(JobError::Refused { .. })
         )
+    }
+
+    /// Whether export jobs were refused for the key ([`JobError::Refused`]).
+    pub fn is_jobs_refused(&self) -> bool {
+        matches!(self, FetchError::Job(JobError::Refused { .. }))
     }
 }

@@ -184,7 +184,8 @@ impl StreamCtx<'_> {
         let policy = &self.opts().window;
         let o = self.opts();
         let by_job = |w: &Window| {
-            plan::uses_jobs(o.export_api, backfill, w.end, self.end(), o.lookback_days)
+            !self.run.jobs_refused.load(Ordering::Relaxed)
+                && plan::uses_jobs(o.export_api, backfill, w.end, self.end(), o.lookback_days)
         };
         let at_once = match by_job(&unit) {
             true => plan::jobs_per_unit(o, self.run.export_streams_left.load(Ordering::Relaxed)),
@@ -205,17 +206,26 @@ impl StreamCtx<'_> {
             longest_ok: 0,
         };
         let column = self.cursor_column();
+        let writer = || match bucketing {
+            Some(b) => self.staging_writer(b),
+            None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
+        };
         let fetch = |pending: Pending| {
             let w = pending.window;
-            let writer = match bucketing {
-                Some(b) => self.staging_writer(b),
-                None => self.writer(dir, Partitioning::CursorDate { column }, Some(column)),
-            };
             async move {
                 let t0 = Instant::now();
                 let fetched = match by_job(&w) {
-                    true => fetcher.fetch_by_job(&self.run.jobs, w, writer).await,
-                    false => fetcher.fetch(w, writer).await,
+                    true => match fetcher.fetch_by_job(&self.run.jobs, w, writer()).await {
+                        // `auto`: a key that may not start jobs reads through data.json.
+                        Err(e) if e.is_jobs_refused() && o.export_api == plan::ExportApi::Auto => {
+                            if !self.run.jobs_refused.swap(true, Ordering::Relaxed) {
+                                tracing::warn!(error = %e, "export jobs refused: the run reads every window through data.json");
+                            }
+                            fetcher.fetch(w, writer()).await
+                        }
+                        fetched => fetched,
+                    },
+                    false => fetcher.fetch(w, writer()).await,
                 };
                 (fetched, t0.elapsed(), pending)
             }

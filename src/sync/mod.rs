@@ -34,7 +34,7 @@ mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -314,6 +314,9 @@ struct Run {
     /// The selected streams read from export endpoints that have not finished yet: the
     /// streams the job slots are shared by ([`plan::jobs_per_unit`]).
     export_streams_left: AtomicUsize,
+    /// Set when Iterable refused to start an export job for the key: under `auto`, the
+    /// run's windows are then read through `data.json`.
+    jobs_refused: AtomicBool,
 }
 
 impl Run {
@@ -587,11 +590,13 @@ async fn run_locked(
         );
     }
     let jobs = Arc::new(Jobs::new(opts.jobs.clone(), book));
+    jobs.stats.add_cancelled(unusable);
     let run = Arc::new(Run {
         jobs,
         export_streams_left: AtomicUsize::new(
             schemas.iter().filter(|(s, _)| reads_exports(s)).count(),
         ),
+        jobs_refused: AtomicBool::new(false),
         extracted_at: started_at.timestamp_micros(),
         lake,
         client,
@@ -624,6 +629,7 @@ async fn run_locked(
         .collect()
         .await;
     let cancelled = run.jobs.book().cancel_left(&run.client).await;
+    run.jobs.stats.add_cancelled(cancelled);
     if cancelled > 0 {
         tracing::info!(jobs = cancelled, "cancelled export jobs earlier runs left");
     }

@@ -288,12 +288,14 @@ async fn check_tells_whether_the_key_may_use_export_jobs_when_the_run_would() {
          a key allowed to use export jobs, or --export-api stream"
     );
     assert!(out.ends_with("1 of 1 streams readable\n"), "{out}");
-    // auto (the default) needs jobs only for backfills: told, but not a failure.
+    // auto (the default) reads backfills through data.json when refused jobs: told, but
+    // not a failure.
     let o = check_with(&denied, &[]).await;
     assert_code(&o, 0);
     let line = jobs_line(&o).unwrap();
     assert!(
-        line.contains("this key may not use export jobs; --export-api auto reads backfills"),
+        line.contains("this key may not use export jobs; --export-api auto reads backfills")
+            && line.ends_with("reads those through data.json instead, slower"),
         "{line}"
     );
     let o = check_with(&denied, &["--export-api", "jobs", "--json"]).await;

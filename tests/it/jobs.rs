@@ -713,6 +713,11 @@ async fn killed_run_s_jobs(seed: u64, lake: LakeStore) {
             "cancelled before the run started a job: {j}"
         );
     }
+    assert!(
+        report.export_jobs.cancelled >= 3,
+        "the run reports the jobs it cancelled: {:?}",
+        report.export_jobs
+    );
     assert_eq!(state_of(&after[&followed]), "Completed");
     assert!(
         fake.requests(&format!("/api/export/{followed}/files")) > 0,
@@ -729,4 +734,48 @@ async fn killed_run_s_jobs(seed: u64, lake: LakeStore) {
         "the job of a window the run did not read is cancelled at its end, if still running"
     );
     assert_no_record(&lake).await;
+}
+
+/// A key that may read data.json but not start export jobs (401 or 403 on `export/start`):
+/// under `auto` the backfill reads through data.json, exact; under `jobs` the streams fail,
+/// saying why, and commit nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_refused_export_jobs_backfills_through_data_json_under_auto() {
+    for (seed, status) in [(17, 401), (18, 403)] {
+        let mut cfg = FakeConfig::small(seed);
+        cfg.faults.jobs_denied = Some(status);
+        let fake = FakeIterable::start(cfg).await.unwrap();
+        let streams = ["email_send", "email_open"];
+
+        let dir = tempfile::tempdir().unwrap();
+        let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+        let mut opts = jobs_options(&streams, END);
+        opts.export_api = ExportApi::Auto;
+        let report = run_ok(&lake, fake_client(&fake, 2), opts).await;
+        for s in streams {
+            assert_exact(&fake, &lake, catalog::find(s).unwrap(), START, t(END)).await;
+        }
+        assert_eq!(report.export_jobs.started, 0);
+        assert!(fake.requests("/api/export/start") >= 1, "jobs were tried");
+        assert!(fake.requests("/api/export/data.json") >= 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let lake = LakeStore::open(dir.path().to_str().unwrap()).unwrap();
+        let report = sync::run(
+            lake.clone(),
+            fake_client(&fake, 2),
+            jobs_options(&streams, END),
+        )
+        .await
+        .unwrap();
+        for s in &report.streams {
+            assert!(
+                matches!(&s.status, StreamStatus::Failed(e) if e.contains("may not use export jobs")),
+                "{}: {:?}",
+                s.stream,
+                s.status
+            );
+            assert_eq!(s.commits, 0);
+        }
+    }
 }
