@@ -251,8 +251,7 @@ async fn sync_command(args: SyncArgs, progress: Option<Progress>) -> Result<u8> 
 
 /// Cancel `cancel` on the first Ctrl-C or SIGTERM, so the run stops after the units in
 /// flight (those that would wait for a rate limit or a retry are dropped); exit at once on
-/// the second (files of the units in flight are then left for the
-/// next run to remove).
+/// the second (files of the units in flight are then left for the next run to remove).
 async fn stop_on_signals(cancel: CancellationToken) {
     for n in 0..2 {
         if let Err(e) = next_signal().await {

@@ -273,8 +273,6 @@ impl ApiClient {
         })
     }
 
-    /// A client sharing this one's connections, limits and counters that also counts its
-    /// own requests, 429s and waits in the returned stats (a stream's share of the run).
     /// A client of the same limits and counters whose waits end once `stop` fires: a
     /// request waiting for its rate limiter or a retry's backoff ends at once with
     /// [`ApiError::Stopped`] (one that needs no wait is still sent).
@@ -290,10 +288,13 @@ impl ApiClient {
         self.stop.cancelled().await
     }
 
+    /// Whether the client was stopped.
     pub fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
     }
 
+    /// A client sharing this one's connections, limits and counters that also counts its
+    /// own requests, 429s and waits in the returned stats (a stream's share of the run).
     pub fn scoped(&self) -> (ApiClient, Arc<ApiStats>) {
         let scope = Arc::new(ApiStats::default());
         let client = ApiClient {

@@ -16,10 +16,15 @@
 //!   splittable); so does a file answering 404 because its job failed meanwhile.
 //!   `exportTruncated` fails the window so that it is split. A file URL answering
 //!   403 (expired) is listed again for a fresh one; a file whose fresh URLs keep expiring
-//!   fails the window so that it is split (its halves get jobs and URLs of their own). A download cut off (connection reset, a
-//!   body shorter than its `Content-Length`, a body ending inside a record) is requested again
-//!   from the file's start, and the bytes already fed are skipped: a job's files do not
-//!   change once listed, so no line is fed twice.
+//!   fails the window so that it is split (its halves get jobs and URLs of their own). A
+//!   download cut off (connection reset, a body shorter than its `Content-Length`, a body
+//!   ending inside a record) is requested again from the file's start, and the bytes
+//!   already fed are skipped: a job's files do not change once listed, so no line is fed
+//!   twice.
+//! - A key Iterable refuses to start jobs for (401, 403 on `export/start`) fails the window
+//!   with [`JobError::Refused`], which the caller may read through `data.json` instead.
+//! - Once the run is stopped (Ctrl-C, SIGTERM, a lost lease), no job is started and a job
+//!   being followed is left recorded for the next run ([`ApiError::Stopped`]).
 //! - File URLs are pre-signed: their requests carry no `Api-Key` ([`ApiClient::download`]),
 //!   and neither errors nor logs name a URL (its query string is the signature).
 //! - Up to [`JobSettings::max_jobs`] jobs of the whole run are in flight at once (Iterable
