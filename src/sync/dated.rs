@@ -598,6 +598,8 @@ impl StreamCtx<'_> {
 /// day of the units before ([`next_unit_days`]).
 struct Sizer {
     policy: WindowPolicy,
+    /// `policy` with the sizes of units read through export jobs.
+    jobs: WindowPolicy,
     days: i64,
     job_days: i64,
     jobs_until: Option<i64>,
@@ -609,6 +611,11 @@ impl Sizer {
     fn new(policy: &WindowPolicy, jobs_until: Option<i64>, adapt: bool) -> Self {
         Sizer {
             policy: policy.clone(),
+            jobs: WindowPolicy {
+                max_days: policy.job_max_days,
+                target_rows: policy.job_target_rows,
+                ..policy.clone()
+            },
             days: policy.initial_days.max(1),
             job_days: policy.initial_days.max(1),
             jobs_until,
@@ -632,12 +639,7 @@ impl Sizer {
 
     /// After a unit that read `rows` rows over `span` µs (see [`next_unit_days`]).
     fn after(&mut self, rows: u64, span: i64, cut: Option<i64>) {
-        let jobs = WindowPolicy {
-            max_days: self.policy.job_max_days,
-            target_rows: self.policy.job_target_rows,
-            ..self.policy.clone()
-        };
-        self.job_days = next_unit_days(&jobs, self.job_days, rows, span, cut);
+        self.job_days = next_unit_days(&self.jobs, self.job_days, rows, span, cut);
         if self.adapt {
             self.days = next_unit_days(&self.policy, self.days, rows, span, cut);
         }

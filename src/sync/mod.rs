@@ -712,10 +712,12 @@ async fn refuse_foreign_dest(
 /// (run id: `YYYYMMDDTHHMMSSZ-xxxxxx`, see [`new_run_id`]), or of a local upload of one in
 /// progress (`…parquet#<n>`).
 fn own_file_name(name: &str) -> bool {
-    let name = match name.rsplit_once('#') {
-        Some((file, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => file,
-        Some(_) => return false,
-        None => name,
+    let name = match name.contains('#') {
+        true => match upload_of(name) {
+            Some(file) => file,
+            None => return false,
+        },
+        false => name,
     };
     let Some(rest) = name
         .strip_prefix("part-")
@@ -734,6 +736,12 @@ fn own_file_name(name: &str) -> bool {
         && b[17..23].iter().all(|c| c.is_ascii_hexdigit())
         && b[23] == b'-'
         && digits(24..b.len())
+}
+
+/// The name of the file whose local upload in progress `name` is: `<file>#<digits>`.
+fn upload_of(name: &str) -> Option<&str> {
+    let (file, n) = name.rsplit_once('#')?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(file)
 }
 
 /// Delete the files under the streams' folders that are provably garbage of this tool's:
@@ -798,12 +806,8 @@ fn remove_staging_files(lake: &LakeStore, streams: &[&'static StreamDef], before
             let staging = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.rsplit_once('#'))
-                .is_some_and(|(file, n)| {
-                    !n.is_empty()
-                        && n.bytes().all(|b| b.is_ascii_digit())
-                        && (own_file_name(file) || is_record_name(file))
-                });
+                .and_then(upload_of)
+                .is_some_and(|file| own_file_name(file) || is_record_name(file));
             let old = || {
                 std::fs::metadata(&path)
                     .and_then(|m| m.modified())
