@@ -738,8 +738,7 @@ async fn killed_run_s_jobs(seed: u64, lake: LakeStore) {
 
 /// A key that may read data.json but not start export jobs (401 or 403 on `export/start`):
 /// under `auto` the backfill reads through data.json, exact, locally and on moto S3; under
-/// `jobs` the streams fail,
-/// saying why, and commit nothing.
+/// `jobs` the streams fail, saying why, and commit nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_refused_export_jobs_backfills_through_data_json_under_auto() {
     for (seed, status) in [(17, 401), (18, 403)] {
